@@ -1,0 +1,1 @@
+"""CLI command families, one module each; registered in compress.cli.COMMAND_MODULES."""

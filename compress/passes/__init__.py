@@ -1,0 +1,6 @@
+"""Passes: one module per family. Importing this package registers them all."""
+
+from .base import REGISTRY, CalibrationData, Pass, PassContext, build_pass
+from .pruning import MagnitudePrune
+
+__all__ = ["REGISTRY", "CalibrationData", "Pass", "PassContext", "build_pass", "MagnitudePrune"]

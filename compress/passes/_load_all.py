@@ -1,0 +1,6 @@
+"""Imported for its side effect: every pass module registers its passes.
+
+A new pass family adds one import line here.
+"""
+
+from . import pruning  # noqa: F401

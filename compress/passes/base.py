@@ -1,0 +1,117 @@
+"""The Pass interface, its registry, and what the runner hands a pass.
+
+A pass is a pydantic model: its fields are its config, validated on
+construction (unknown keys and out-of-range values are refused before any
+work starts). The registry maps the pass name to its class, so a YAML recipe
+entry ``- magnitude_prune: {sparsity: 0.5}`` and the Python call
+``MagnitudePrune(sparsity=0.5)`` build the same object.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..artifact import Artifact
+from ..data import TextSpec, Windows, WindowSpec, load_windows
+from ..errors import UserError
+from ..progress import log
+
+REGISTRY: dict[str, type["Pass"]] = {}
+
+
+class CalibrationData(TextSpec):
+    """Calibration text: by default the built-in corpus's calibration half, 32 samples of 512 tokens."""
+
+    split: str = "calibration"  # type: ignore[assignment]
+    seq_len: int = Field(512, ge=2)
+    samples: int = Field(32, ge=1)
+
+    def windows(self, tokenizer) -> Windows:
+        text = TextSpec(source=self.source, split=self.split, text_field=self.text_field, eval_fraction=self.eval_fraction)
+        return load_windows(tokenizer, text, WindowSpec(seq_len=self.seq_len, max_windows=self.samples))
+
+
+class PassContext:
+    """What a pass may ask the runner for: calibration windows, a device, a seed."""
+
+    def __init__(self, calibration: CalibrationData | None = None, device: str = "cpu", seed: int = 0):
+        self.calibration = calibration or CalibrationData()
+        self.device = device
+        self.seed = seed
+        self._calibration_cache: dict[int, Windows] = {}
+
+    def calibration_windows(self, tokenizer) -> Windows:
+        key = id(tokenizer)
+        if key not in self._calibration_cache:
+            self._calibration_cache[key] = self.calibration.windows(tokenizer)
+        return self._calibration_cache[key]
+
+
+class Pass(BaseModel):
+    """One transformation of an Artifact. Subclasses set `name` and implement `apply`."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: ClassVar[str] = ""
+    needs_calibration: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):
+            REGISTRY[cls.name] = cls
+
+    def apply(self, artifact: Artifact, ctx: PassContext) -> dict[str, Any]:
+        """Transform artifact in place; return what was measured (goes into the manifest)."""
+        raise NotImplementedError
+
+    def __call__(self, artifact: Artifact, ctx: PassContext | None = None, inplace: bool = False) -> Artifact:
+        """Apply the pass. Works on a copy unless inplace, so the caller's model is never modified."""
+        ctx = ctx or PassContext()
+        result = artifact if inplace else artifact.copy()
+        log.info(f"Applying {self.name}: {self.describe()}")
+        start = time.perf_counter()
+        metrics = self.apply(result, ctx) or {}
+        seconds = time.perf_counter() - start
+        if self.needs_calibration:
+            metrics.setdefault("calibration", ctx.calibration.model_dump())
+        result.record_pass(self.name, self.config(), metrics, seconds)
+        return result
+
+    def config(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.config().items())
+
+
+def format_validation_error(exc: ValidationError, where: str) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "config"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = err.get("input")
+        shown = "" if err["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {got!r})"
+        parts.append(f"{loc}: {msg}{shown}")
+    return f"{where}: " + "; ".join(parts)
+
+
+def build_pass(name: str, config: dict[str, Any] | None) -> Pass:
+    """Look a pass up by name and validate its config; one-line errors for both."""
+    # Importing the pass modules fills the registry.
+    from . import _load_all  # noqa: F401
+
+    cls = REGISTRY.get(name)
+    if cls is None:
+        known = ", ".join(sorted(REGISTRY))
+        raise UserError(f"unknown pass '{name}'; known passes: {known}")
+    if config is not None and not isinstance(config, dict):
+        raise UserError(f"pass {name}: its config must be a mapping of keys to values, got {config!r}")
+    try:
+        return cls(**(config or {}))
+    except ValidationError as exc:
+        raise UserError(format_validation_error(exc, f"pass {name}")) from None

@@ -1,0 +1,135 @@
+"""Unstructured pruning: zero the least important weights of each projection.
+
+Importance here is a score per weight; magnitude pruning scores by |W|.
+Which weights go is decided by a scope:
+
+* ``row``: the same share of every output row (each neuron keeps the same fan-in),
+* ``layer``: the same share of every matrix,
+* ``global``: one threshold across all selected matrices,
+
+or by an N:M pattern (``2:4``: in every group of 4 consecutive inputs of a row,
+keep the 2 most important), the layout that sparse tensor cores accelerate.
+Zeros are written into the weights, so the output is a normal dense checkpoint.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import torch
+from pydantic import Field, field_validator
+
+from ..artifact import Artifact
+from ..errors import UserError
+from ..layers import WeightMatrix, count_parameters, weight_matrices
+from ..progress import progress
+from .base import Pass, PassContext
+
+Scope = Literal["row", "layer", "global"]
+
+
+def parse_pattern(pattern: str | None) -> tuple[int, int] | None:
+    if pattern is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(pattern))
+    if not m or not (0 < int(m.group(1)) < int(m.group(2))):
+        raise ValueError(f"pattern must be N:M with 0 < N < M, such as 2:4 (got {pattern!r})")
+    return int(m.group(1)), int(m.group(2))
+
+
+def keep_mask(scores: torch.Tensor, sparsity: float, scope: Scope, pattern: tuple[int, int] | None) -> torch.Tensor:
+    """Boolean mask (True = keep) for one (out, in) score matrix; `global` is handled by the caller."""
+    out_f, in_f = scores.shape
+    mask = torch.ones_like(scores, dtype=torch.bool)
+    if pattern is not None:
+        n, m = pattern
+        if in_f % m:
+            raise UserError(f"a {n}:{m} pattern needs input widths divisible by {m}, got {in_f}")
+        groups = scores.reshape(out_f, in_f // m, m)
+        drop = torch.topk(groups, m - n, dim=-1, largest=False).indices
+        group_mask = torch.ones_like(groups, dtype=torch.bool).scatter_(-1, drop, False)
+        return group_mask.reshape(out_f, in_f)
+    if scope == "row":
+        k = int(round(sparsity * in_f))
+        if k:
+            drop = torch.topk(scores, k, dim=1, largest=False).indices
+            mask.scatter_(1, drop, False)
+        return mask
+    k = int(round(sparsity * scores.numel()))
+    if k:
+        drop = torch.topk(scores.flatten(), k, largest=False).indices
+        mask.view(-1)[drop] = False
+    return mask
+
+
+class UnstructuredPrune(Pass):
+    """Shared config and machinery; subclasses supply `scores`."""
+
+    sparsity: float = Field(0.5, ge=0.0, lt=1.0, description="share of weights set to zero (ignored with a pattern)")
+    scope: Scope = "row"
+    pattern: str | None = Field(None, description="N:M pattern such as 2:4 along the input dimension")
+    include: list[str] | None = Field(None, description="glob patterns of module names to prune (default: all projections)")
+    exclude: list[str] | None = None
+    include_lm_head: bool = False
+
+    @field_validator("pattern")
+    @classmethod
+    def _valid_pattern(cls, v):
+        parse_pattern(v)
+        return v
+
+    def targets(self, model) -> list[WeightMatrix]:
+        found = list(weight_matrices(model, self.include, self.exclude, self.include_lm_head))
+        if not found:
+            raise UserError(f"{self.name}: no Linear/Conv1D layers match include={self.include} exclude={self.exclude}")
+        return found
+
+    def scores(self, artifact: Artifact, targets: list[WeightMatrix], ctx: PassContext) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def apply(self, artifact: Artifact, ctx: PassContext) -> dict:
+        targets = self.targets(artifact.model)
+        scores = self.scores(artifact, targets, ctx)
+        pattern = parse_pattern(self.pattern)
+        masks: dict[str, torch.Tensor] = {}
+        if self.scope == "global" and pattern is None:
+            flat = torch.cat([scores[t.name].flatten().float() for t in targets])
+            k = int(round(self.sparsity * flat.numel()))
+            keep = torch.ones_like(flat, dtype=torch.bool)
+            if k:
+                keep[torch.topk(flat, k, largest=False).indices] = False
+            offset = 0
+            for t in targets:
+                n = t.weight.numel()
+                masks[t.name] = keep[offset : offset + n].view_as(t.weight)
+                offset += n
+        else:
+            for t in progress(targets, desc=f"{self.name}", unit="layer"):
+                masks[t.name] = keep_mask(scores[t.name].float(), self.sparsity, self.scope, pattern)
+
+        per_layer = {}
+        zeros = total = 0
+        with torch.no_grad():
+            for t in targets:
+                w = t.weight
+                w.mul_(masks[t.name].to(w.dtype))
+                z = int((w == 0).sum())
+                per_layer[t.name] = round(z / w.numel(), 4)
+                zeros += z
+                total += w.numel()
+        return {
+            "layers_pruned": len(targets),
+            "sparsity_reached": round(zeros / total, 6),
+            "sparsity_per_layer": per_layer,
+            **count_parameters(artifact.model),
+        }
+
+
+class MagnitudePrune(UnstructuredPrune):
+    """Zero the weights of smallest magnitude."""
+
+    name = "magnitude_prune"
+
+    def scores(self, artifact, targets, ctx):
+        return {t.name: t.weight.abs() for t in targets}

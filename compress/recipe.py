@@ -1,0 +1,167 @@
+"""Recipes: an ordered list of passes plus the data they use, from YAML or Python.
+
+YAML form (see configs/)::
+
+    model: smollm2-135m-instruct        # optional; the CLI's --model wins
+    calibration: {source: builtin, samples: 32, seq_len: 512}
+    evaluation: {source: builtin, windows: 16, seq_len: 1024}   # or null to skip
+    passes:
+      - magnitude_prune: {sparsity: 0.5, scope: row}
+
+Python form::
+
+    Recipe(passes=[MagnitudePrune(sparsity=0.5)]).run("smollm2-135m-instruct", "out/")
+
+Both build the same objects and run through `run_recipe`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .artifact import Artifact
+from .data import TextSpec, WindowSpec, check_disjoint, load_windows
+from .errors import UserError
+from .evaluate import compare, perplexity, warn_if_damaged
+from .models import DEFAULT_MODEL, load_artifact
+from .passes.base import CalibrationData, Pass, PassContext, build_pass, format_validation_error
+from .progress import log
+from .saving import save_artifact
+
+
+class EvaluationData(TextSpec):
+    """Evaluation text: by default the built-in corpus's evaluation half, 16 windows of 1024 tokens."""
+
+    seq_len: int = Field(1024, ge=2)
+    windows: int | None = Field(16, ge=1)  # None: every window of the text
+    stride: int | None = Field(None, ge=1)
+    add_bos: bool = False
+    batch_size: int = Field(1, ge=1)
+
+    def load(self, tokenizer):
+        text = TextSpec(source=self.source, split=self.split, text_field=self.text_field, eval_fraction=self.eval_fraction)
+        spec = WindowSpec(seq_len=self.seq_len, stride=self.stride, max_windows=self.windows, add_bos=self.add_bos)
+        return load_windows(tokenizer, text, spec)
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    model: str | None = None
+    calibration: CalibrationData = Field(default_factory=CalibrationData)
+    evaluation: EvaluationData | None = Field(default_factory=EvaluationData)
+    passes: list[Pass] = Field(default_factory=list)
+
+    @field_validator("passes", mode="before")
+    @classmethod
+    def _build_passes(cls, value):
+        if not isinstance(value, list):
+            raise ValueError("passes must be a list of '- pass_name: {config}' entries")
+        built = []
+        for i, entry in enumerate(value):
+            if isinstance(entry, Pass):
+                built.append(entry)
+                continue
+            if isinstance(entry, str):
+                built.append(build_pass(entry, {}))
+                continue
+            if not isinstance(entry, dict) or len(entry) != 1:
+                raise ValueError(f"entry {i + 1} must be one 'pass_name: {{config}}' mapping, got {entry!r}")
+            (name, config), = entry.items()
+            built.append(build_pass(str(name), config))
+        return built
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "Recipe":
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"recipe {path} does not exist; give the path of a YAML recipe (see configs/)")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or "invalid YAML"
+            raise UserError(f"recipe {path} is not valid YAML{where}: {problem}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"recipe {path} must be a YAML mapping with a 'passes' list")
+        return cls.from_dict(data, where=f"recipe {path}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "recipe") -> "Recipe":
+        try:
+            return cls(**data)
+        except ValidationError as exc:
+            raise UserError(format_validation_error(exc, where)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "calibration": self.calibration.model_dump(),
+            "evaluation": self.evaluation.model_dump() if self.evaluation else None,
+            "passes": [{p.name: p.config()} for p in self.passes],
+        }
+
+    def run(self, model: str | None = None, output: str | Path | None = None, force: bool = False) -> Artifact:
+        return run_recipe(self, model=model, output=output, force=force)
+
+
+def run_recipe(
+    recipe: Recipe,
+    model: str | None = None,
+    output: str | Path | None = None,
+    force: bool = False,
+    base: Artifact | None = None,
+) -> Artifact:
+    """Load the model, measure it, apply every pass, measure again, save.
+
+    The output path is checked before any work so a doomed run fails at once.
+    """
+    from .saving import check_output_path
+    from .models import resolve_source
+
+    ref = model or recipe.model or DEFAULT_MODEL
+    if output is not None:
+        source = resolve_source(ref) if base is None else None
+        check_output_path(output, force, source.path if source else base.source_path)
+    if recipe.evaluation is not None and any(p.needs_calibration for p in recipe.passes):
+        check_disjoint(recipe.calibration, recipe.evaluation)
+
+    start = time.perf_counter()
+    base = base or load_artifact(ref)
+    ctx = PassContext(calibration=recipe.calibration)
+    windows = recipe.evaluation.load(base.tokenizer) if recipe.evaluation else None
+
+    current = base
+    for i, p in enumerate(recipe.passes):
+        # The first pass copies the base (kept for comparison); later ones work in place.
+        current = p(current, ctx, inplace=i > 0)
+
+    if windows is not None:
+        batch = recipe.evaluation.batch_size
+        if recipe.passes:
+            quality = compare(base.model, current.model, windows, batch, desc="evaluating base vs result")
+            current.metrics["evaluation"] = {
+                "data": windows.provenance,
+                "perplexity_before": quality["perplexity_base"],
+                "perplexity_after": quality["perplexity"],
+                "kl_mean": quality["kl_mean"],
+                "top1_agreement": quality["top1_agreement"],
+                "delta_p_correct": quality["delta_p_correct"],
+            }
+            warn_if_damaged(quality, "the recipe's result")
+        else:
+            ppl = perplexity(base.model, windows, batch)
+            current.metrics["evaluation"] = {"data": windows.provenance, "perplexity_before": ppl["perplexity"],
+                                             "perplexity_after": ppl["perplexity"]}
+    current.metrics["recipe"] = recipe.to_dict()
+    current.metrics["seconds"] = round(time.perf_counter() - start, 1)
+    if output is not None:
+        path = save_artifact(current, output, force=force)
+        log.info(f"Saved to {path}")
+    return current

@@ -258,6 +258,9 @@ def make_windows(tokens: list[int], spec: WindowSpec, bos_token_id: int | None =
 def load_windows(tokenizer, text: TextSpec, windows: WindowSpec) -> Windows:
     """Text spec + window spec → windows, with provenance naming both."""
     loaded = load_text(text)
-    result = make_windows(tokenize(tokenizer, loaded.text), windows, getattr(tokenizer, "bos_token_id", None))
+    try:
+        result = make_windows(tokenize(tokenizer, loaded.text), windows, getattr(tokenizer, "bos_token_id", None))
+    except UserError as exc:
+        raise UserError(f"{text.source} ({text.split} part): {exc}") from None
     result.provenance = {**loaded.provenance, **result.provenance, "scored_tokens": result.scored_tokens}
     return result

@@ -52,7 +52,7 @@ _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16"
            "bfloat16": "bfloat16", "bf16": "bfloat16"}
 
 
-def cache_dir() -> Path:
+def compress_cache_dir() -> Path:
     return Path(os.environ.get("COMPRESS_CACHE_DIR", Path.home() / ".cache" / "compress")).expanduser()
 
 
@@ -130,7 +130,7 @@ def _file_digest(path: Path, chunk: int = 1 << 20) -> str:
 def converted_gguf_dir(gguf_path: Path) -> Path:
     """The cached float checkpoint for a GGUF file, converting it on first use."""
     key = f"{gguf_path.stem}-{_file_digest(gguf_path)[:12]}"
-    target = cache_dir() / "gguf" / key
+    target = compress_cache_dir() / "gguf" / key
     if (target / "config.json").is_file():
         return target
     log.info(f"Converting {gguf_path.name} to a float checkpoint in {target} (once; about a minute)...")
@@ -176,8 +176,12 @@ def load_artifact(
     dtype: str | None = "float32",
     trust_remote_code: bool = False,
     device: str = "cpu",
+    cache_dir: str | os.PathLike | None = None,
 ) -> Artifact:
-    """Load a model and its tokenizer from any supported source."""
+    """Load a model and its tokenizer from any supported source.
+
+    `cache_dir` is the Hugging Face hub cache for hub ids (default: HF's own).
+    """
     source = resolve_source(ref)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -190,12 +194,12 @@ def load_artifact(
         load_dir = source.ref
     torch_dtype = _torch_dtype(dtype)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(load_dir, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(load_dir, trust_remote_code=trust_remote_code, cache_dir=cache_dir)
     except Exception as exc:
         raise UserError(_load_failure("tokenizer", source, exc)) from None
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            load_dir, dtype=torch_dtype, trust_remote_code=trust_remote_code
+            load_dir, dtype=torch_dtype, trust_remote_code=trust_remote_code, cache_dir=cache_dir
         )
     except Exception as exc:
         raise UserError(_load_failure("model", source, exc)) from None

@@ -42,8 +42,10 @@ def cli(quiet: bool, verbose: bool) -> None:
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("-m", "--model", default=None,
               help="Model: alias (smollm2-135m-instruct), local directory, .gguf file or hub id. Overrides the recipe's.")
+@click.option("--trust-remote-code", is_flag=True,
+              help="Allow a hub model's own Python code to run (off by default; only for models you trust).")
 @output_options
-def run_command(recipe: str, model: str | None, output: str, force: bool) -> None:
+def run_command(recipe: str, model: str | None, output: str, force: bool, trust_remote_code: bool) -> None:
     """Run a YAML recipe of passes on a model and save the result.
 
     The result is a Hugging Face directory plus compress.json, which records the
@@ -52,13 +54,13 @@ def run_command(recipe: str, model: str | None, output: str, force: bool) -> Non
 
     \b
     Example:
-      compress run configs/magnitude-50.yaml -o out/magnitude-50
-      compress run configs/magnitude-50.yaml --model ./my-model -o out/pruned --force
+      compress run configs/default.yaml -o out/default
+      compress run configs/default.yaml --model ./my-model -o out/pruned --force
     """
     from .recipe import Recipe, run_recipe
 
     parsed = Recipe.from_yaml(recipe)
-    result = run_recipe(parsed, model=model, output=output, force=force)
+    result = run_recipe(parsed, model=model, output=output, force=force, trust_remote_code=trust_remote_code)
     _print_summary(result, output)
 
 

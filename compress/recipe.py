@@ -117,6 +117,7 @@ def run_recipe(
     output: str | Path | None = None,
     force: bool = False,
     base: Artifact | None = None,
+    trust_remote_code: bool = False,
 ) -> Artifact:
     """Load the model, measure it, apply every pass, measure again, save.
 
@@ -133,7 +134,7 @@ def run_recipe(
         check_disjoint(recipe.calibration, recipe.evaluation)
 
     start = time.perf_counter()
-    base = base or load_artifact(ref)
+    base = base or load_artifact(ref, trust_remote_code=trust_remote_code)
     ctx = PassContext(calibration=recipe.calibration)
     windows = recipe.evaluation.load(base.tokenizer) if recipe.evaluation else None
 

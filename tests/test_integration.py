@@ -37,3 +37,12 @@ def test_builtin_model_recipe_output_reloads_with_plain_transformers_and_answers
         answer = tok.decode(model.generate(ids, max_new_tokens=20, do_sample=False)[0, ids.shape[1]:],
                             skip_special_tokens=True)
     assert "Paris" in answer
+
+
+def test_a_gguf_path_loads_through_the_same_conversion_cache():
+    from compress.models import builtin_gguf_path, load_artifact
+
+    artifact = load_artifact(str(builtin_gguf_path("smollm2-135m-instruct")))
+    assert artifact.source["kind"] == "gguf"
+    config = artifact.model.config
+    assert (config.model_type, config.num_hidden_layers, config.num_key_value_heads) == ("llama", 30, 3)

@@ -1,6 +1,6 @@
 """Passes: one module per family. Importing this package registers them all."""
 
 from .base import REGISTRY, CalibrationData, Pass, PassContext, build_pass
-from .pruning import MagnitudePrune
+from .pruning import MagnitudePrune, WandaPrune
 
-__all__ = ["REGISTRY", "CalibrationData", "Pass", "PassContext", "build_pass", "MagnitudePrune"]
+__all__ = ["REGISTRY", "CalibrationData", "Pass", "PassContext", "build_pass", "MagnitudePrune", "WandaPrune"]

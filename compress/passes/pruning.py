@@ -10,19 +10,31 @@ Which weights go is decided by a scope:
 or by an N:M pattern (``2:4``: in every group of 4 consecutive inputs of a row,
 keep the 2 most important), the layout that sparse tensor cores accelerate.
 Zeros are written into the weights, so the output is a normal dense checkpoint.
+
+Two scores:
+
+* ``magnitude_prune``: |W|;
+* ``wanda_prune`` (activation-aware, after Sun et al., "A Simple and Effective
+  Pruning Approach for Large Language Models"): |W_ij| * ||X_j||, where ||X_j||
+  is the L2 norm of input channel j over the calibration tokens. A weight
+  feeding a channel that carries large activations is kept even if it is
+  small. Compared within each output row by default, as the method intends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
-from typing import Literal
+from typing import Iterator, Literal
 
 import torch
+from torch import nn
 from pydantic import Field, field_validator
 
 from ..artifact import Artifact
 from ..errors import UserError
 from ..layers import WeightMatrix, count_parameters, weight_matrices
+from ..data import Windows
 from ..progress import progress
 from .base import Pass, PassContext
 
@@ -63,6 +75,50 @@ def keep_mask(scores: torch.Tensor, sparsity: float, scope: Scope, pattern: tupl
     return mask
 
 
+def run_calibration(model, windows: Windows, desc: str = "calibration") -> None:
+    """Feed every calibration window through the model once (hooks do the collecting)."""
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        for i in progress(range(len(windows)), desc=desc, unit="window"):
+            model(input_ids=windows.input_ids[i : i + 1].to(device), use_cache=False)
+
+
+@contextlib.contextmanager
+def input_square_sums(modules: dict[str, nn.Module]) -> Iterator[dict[str, torch.Tensor]]:
+    """While active, accumulate sum(x_j^2) over every token of each module's input, per input channel.
+
+    The hooks are removed when the block exits, whatever happens inside it.
+    """
+    sums: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def hook_for(name):
+        def hook(module, args):
+            x = args[0].detach().float()
+            s = x.pow(2).reshape(-1, x.shape[-1]).sum(0).double()
+            sums[name] = sums[name] + s if name in sums else s
+
+        return hook
+
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_pre_hook(hook_for(name)))
+        yield sums
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def input_norms(model, modules: dict[str, nn.Module], windows: Windows, desc: str = "calibration") -> dict[str, torch.Tensor]:
+    """L2 norm of each input channel of each module over the calibration windows."""
+    with input_square_sums(modules) as sums:
+        run_calibration(model, windows, desc)
+    missing = [n for n in modules if n not in sums]
+    if missing:
+        raise RuntimeError(f"calibration never reached {missing[:3]}; the model's forward skips these modules")
+    return {n: sums[n].sqrt().float() for n in modules}
+
+
 class UnstructuredPrune(Pass):
     """Shared config and machinery; subclasses supply `scores`."""
 
@@ -90,8 +146,15 @@ class UnstructuredPrune(Pass):
 
     def apply(self, artifact: Artifact, ctx: PassContext) -> dict:
         targets = self.targets(artifact.model)
-        scores = self.scores(artifact, targets, ctx)
         pattern = parse_pattern(self.pattern)
+        if pattern is not None:  # refuse before any calibration work
+            bad = [f"{t.name} ({t.in_features})" for t in targets if t.in_features % pattern[1]]
+            if bad:
+                raise UserError(
+                    f"a {self.pattern} pattern needs input widths divisible by {pattern[1]}; these are not: "
+                    f"{', '.join(bad[:3])}; exclude them or choose another pattern"
+                )
+        scores = self.scores(artifact, targets, ctx)
         masks: dict[str, torch.Tensor] = {}
         if self.scope == "global" and pattern is None:
             flat = torch.cat([scores[t.name].flatten().float() for t in targets])
@@ -133,3 +196,15 @@ class MagnitudePrune(UnstructuredPrune):
 
     def scores(self, artifact, targets, ctx):
         return {t.name: t.weight.abs() for t in targets}
+
+
+class WandaPrune(UnstructuredPrune):
+    """Zero the weights with the smallest |W| * ||X|| (activation-aware; needs calibration text)."""
+
+    name = "wanda_prune"
+    needs_calibration = True
+
+    def scores(self, artifact, targets, ctx):
+        windows = ctx.calibration_windows(artifact.tokenizer)
+        norms = input_norms(artifact.model, {t.name: t.module for t in targets}, windows, desc="wanda calibration")
+        return {t.name: t.weight.abs() * norms[t.name].to(t.weight.dtype).unsqueeze(0) for t in targets}

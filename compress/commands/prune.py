@@ -43,6 +43,20 @@ def build_prune_pass(method: str, sparsity: float, pattern: str | None, scope: s
     return build_pass(STRUCTURES[structure], config)
 
 
+def model_config(ref: str):
+    """The config of a model source, without loading its weights."""
+    from transformers import AutoConfig
+
+    from ..models import converted_gguf_dir, resolve_source
+
+    source = resolve_source(ref)
+    where = converted_gguf_dir(source.path) if source.kind in ("builtin", "gguf") else source.path or source.ref
+    try:
+        return AutoConfig.from_pretrained(where)
+    except Exception as exc:
+        raise UserError(f"could not read the config of {ref} ({str(exc).splitlines()[0][:200]})") from None
+
+
 @click.command("prune")
 @click.argument("model")
 @click.option("--method", type=click.Choice(["magnitude", "wanda", "activation"]), default="wanda", show_default=True,
@@ -85,6 +99,8 @@ def command(model: str, output: str, force: bool, **kw) -> None:
 
     calibration, evaluation = data_specs(kw)
     p = build_prune_pass(**kw)
+    if hasattr(p, "check_config"):  # refuse a head ratio that cannot fit before loading the model
+        p.check_config(model_config(model))
     recipe = Recipe(model=model, calibration=calibration, evaluation=evaluation, passes=[p])
     result = run_recipe(recipe, model=model, output=output, force=force)
     metrics = result.passes[-1]["metrics"]

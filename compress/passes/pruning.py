@@ -23,20 +23,18 @@ Two scores:
 
 from __future__ import annotations
 
-import contextlib
 import re
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
-from torch import nn
 from pydantic import Field, field_validator
 
 from ..artifact import Artifact
 from ..errors import UserError
 from ..layers import WeightMatrix, count_parameters, weight_matrices
-from ..data import Windows
 from ..progress import progress
 from .base import Pass, PassContext
+from .calibration import input_norms
 
 Scope = Literal["row", "layer", "global"]
 
@@ -73,50 +71,6 @@ def keep_mask(scores: torch.Tensor, sparsity: float, scope: Scope, pattern: tupl
         drop = torch.topk(scores.flatten(), k, largest=False).indices
         mask.view(-1)[drop] = False
     return mask
-
-
-def run_calibration(model, windows: Windows, desc: str = "calibration") -> None:
-    """Feed every calibration window through the model once (hooks do the collecting)."""
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        for i in progress(range(len(windows)), desc=desc, unit="window"):
-            model(input_ids=windows.input_ids[i : i + 1].to(device), use_cache=False)
-
-
-@contextlib.contextmanager
-def input_square_sums(modules: dict[str, nn.Module]) -> Iterator[dict[str, torch.Tensor]]:
-    """While active, accumulate sum(x_j^2) over every token of each module's input, per input channel.
-
-    The hooks are removed when the block exits, whatever happens inside it.
-    """
-    sums: dict[str, torch.Tensor] = {}
-    handles = []
-
-    def hook_for(name):
-        def hook(module, args):
-            x = args[0].detach().float()
-            s = x.pow(2).reshape(-1, x.shape[-1]).sum(0).double()
-            sums[name] = sums[name] + s if name in sums else s
-
-        return hook
-
-    try:
-        for name, module in modules.items():
-            handles.append(module.register_forward_pre_hook(hook_for(name)))
-        yield sums
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def input_norms(model, modules: dict[str, nn.Module], windows: Windows, desc: str = "calibration") -> dict[str, torch.Tensor]:
-    """L2 norm of each input channel of each module over the calibration windows."""
-    with input_square_sums(modules) as sums:
-        run_calibration(model, windows, desc)
-    missing = [n for n in modules if n not in sums]
-    if missing:
-        raise RuntimeError(f"calibration never reached {missing[:3]}; the model's forward skips these modules")
-    return {n: sums[n].sqrt().float() for n in modules}
 
 
 class UnstructuredPrune(Pass):
@@ -206,5 +160,5 @@ class WandaPrune(UnstructuredPrune):
 
     def scores(self, artifact, targets, ctx):
         windows = ctx.calibration_windows(artifact.tokenizer)
-        norms = input_norms(artifact.model, {t.name: t.module for t in targets}, windows, desc="wanda calibration")
+        norms = input_norms(artifact.model, [t.name for t in targets], windows, desc="wanda calibration")
         return {t.name: t.weight.abs() * norms[t.name].to(t.weight.dtype).unsqueeze(0) for t in targets}

@@ -54,7 +54,7 @@ from ..layers import WeightMatrix, count_parameters
 from ..progress import log
 from ..saving import write_hf_checkpoint
 from .base import Pass, PassContext
-from .pruning import input_norms, run_calibration
+from .calibration import collect, input_norms
 
 Importance = Literal["magnitude", "activation"]
 
@@ -262,8 +262,7 @@ class ChannelPrune(StructuredPrune):
                 for i, b in enumerate(layout.blocks)
             ]
         windows = ctx.calibration_windows(artifact.tokenizer)
-        modules = {b.mlp_out.name: b.mlp_out.module for b in layout.blocks}
-        norms = input_norms(artifact.model, modules, windows, desc="channel importance")
+        norms = input_norms(artifact.model, [b.mlp_out.name for b in layout.blocks], windows, desc="channel importance")
         return [norms[b.mlp_out.name] * out_col[i].sqrt() for i, b in enumerate(layout.blocks)]
 
     def apply(self, artifact: Artifact, ctx: PassContext) -> dict:
@@ -318,13 +317,22 @@ class HeadPrune(StructuredPrune):
         "query: remove the same number of query heads from every group"
     )
 
+    def check_config(self, config) -> None:
+        """Refuse a ratio that does not fit the model's head layout, from its config alone (before loading it)."""
+        if getattr(config, "model_type", "") == "gpt2":
+            raise UserError(self._gpt2_message)
+        heads = config.num_attention_heads
+        self.check_ratio(heads, getattr(config, "num_key_value_heads", None) or heads)
+
+    _gpt2_message: ClassVar[str] = (
+        "head pruning supports Llama-style models (separate q/k/v projections); GPT-2's config ties the head "
+        "count to the hidden size, so fewer heads cannot be described; prune MLP channels or layers instead"
+    )
+
     def heads(self, model) -> tuple[int, int, int]:
         cfg = model.config
         if model_layout(model).kind != "llama":
-            raise UserError(
-                "head pruning supports Llama-style models (separate q/k/v projections); GPT-2's config ties the head "
-                "count to the hidden size, so fewer heads cannot be described; prune MLP channels or layers instead"
-            )
+            raise UserError(self._gpt2_message)
         heads = cfg.num_attention_heads
         kv = getattr(cfg, "num_key_value_heads", None) or heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
@@ -355,8 +363,9 @@ class HeadPrune(StructuredPrune):
         norms = None
         if self.importance == "activation":
             windows = ctx.calibration_windows(artifact.tokenizer)
-            norms = input_norms(artifact.model, {str(i): b.attn.o_proj for i, b in enumerate(layout.blocks)},
-                                windows, desc="head importance")
+            names = [f"model.layers.{i}.self_attn.o_proj" for i in range(len(layout.blocks))]
+            norms = dict(zip(map(str, range(len(names))),
+                             input_norms(artifact.model, names, windows, desc="head importance").values()))
         for i, b in enumerate(layout.blocks):
             a = b.attn
             o_cols = a.o_proj.weight.float().pow(2).sum(0).reshape(heads, d).sum(1)  # per query head
@@ -441,28 +450,10 @@ class LayerDrop(Pass):
 
     def block_scores(self, model, layout: Layout, windows) -> list[float]:
         """Mean over calibration tokens of 1 - cos(block input, block output)."""
-        sums = [0.0] * len(layout.blocks)
-        tokens = [0] * len(layout.blocks)
-        handles = []
-
-        def hook_for(i):
-            def hook(module, args, kwargs, output):
-                x = args[0] if args else kwargs["hidden_states"]
-                y = output[0] if isinstance(output, tuple) else output
-                cos = torch.nn.functional.cosine_similarity(x.float(), y.float(), dim=-1)
-                sums[i] += float((1 - cos).double().sum())
-                tokens[i] += cos.numel()
-
-            return hook
-
-        try:
-            for i, b in enumerate(layout.blocks):
-                handles.append(b.module.register_forward_hook(hook_for(i), with_kwargs=True))
-            run_calibration(model, windows, desc="block importance")
-        finally:
-            for h in handles:
-                h.remove()
-        return [s / max(t, 1) for s, t in zip(sums, tokens)]
+        scores = collect(model, windows, desc="block importance").block_change
+        if len(scores) != len(layout.blocks):
+            raise RuntimeError(f"found {len(scores)} blocks to score but the model has {len(layout.blocks)}")
+        return scores
 
     def apply(self, artifact: Artifact, ctx: PassContext) -> dict:
         model = artifact.model

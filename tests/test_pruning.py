@@ -173,3 +173,17 @@ def test_cli_refuses_a_pattern_with_structure_in_one_line(tiny_llama_dir, tmp_pa
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_calibration_runs_once_per_model_and_again_when_its_weights_change(tiny_llama, ctx, monkeypatch):
+    from compress.passes import calibration
+
+    runs = []
+    original = calibration.run_calibration
+    monkeypatch.setattr(calibration, "run_calibration", lambda *a, **k: (runs.append(1), original(*a, **k)))
+    WandaPrune(sparsity=0.5)(tiny_llama, ctx)
+    WandaPrune(pattern="2:4")(tiny_llama, ctx)  # same weights, same windows: cached
+    assert len(runs) == 1
+    pruned = MagnitudePrune(sparsity=0.5)(tiny_llama, ctx)
+    WandaPrune(sparsity=0.5)(pruned, ctx)  # different weights: calibrated again
+    assert len(runs) == 2

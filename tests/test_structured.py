@@ -225,3 +225,37 @@ def test_cli_prunes_layers_and_refuses_a_bad_head_ratio(deep_dirs, text_file, tm
     assert code == 2 and "valid ratios are 0.5" in err
     assert err.startswith("error: ") and err.count("\n") == 1  # refused before the model was even loaded
     assert not (tmp_path / "heads").exists()
+
+
+@pytest.mark.integration
+def test_real_model_head_ratio_is_refused_before_loading_and_mlp_pruning_reloads(tmp_path, capsys):
+    """SmolLM2-135M: 9 query heads in 3 groups; 25% of MLP channels removed by magnitude reloads and generates."""
+    from transformers import AutoModelForCausalLM
+
+    from compress.models import load_artifact
+
+    code = main(["prune", "smollm2-135m-instruct", "--structure", "heads", "--sparsity", "0.25", "-o", str(tmp_path / "h")])
+    err = capsys.readouterr().err
+    assert code == 2 and "valid ratios are 0.333, 0.667" in err
+    result = ChannelPrune(ratio=0.25, importance="magnitude")(load_artifact("smollm2-135m-instruct"))
+    out = save_artifact(result, tmp_path / "mlp")
+    stock = AutoModelForCausalLM.from_pretrained(out)
+    assert stock.config.intermediate_size == 1152
+    ids = torch.tensor([[1, 504, 3458, 314]])
+    assert stock.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False).shape == (1, 8)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_bias_compensation_brings_the_output_closer_to_the_base_and_reloads(deep_dirs, ctx, tmp_path, arch):
+    from compress.evaluate import compare
+
+    art = load(deep_dirs[arch])
+    windows = ctx.calibration_windows(art.tokenizer)
+    plain = ChannelPrune(ratio=0.5, importance="magnitude")(art, ctx)
+    compensated = ChannelPrune(ratio=0.5, importance="magnitude", bias_compensation=True)(art, ctx)
+    kl_plain = compare(art.model, plain.model, windows)["kl_mean"]
+    kl_comp = compare(art.model, compensated.model, windows)["kl_mean"]
+    assert kl_comp < kl_plain
+    stock = reload_and_check(compensated, tmp_path)
+    if arch == "llama":
+        assert stock.config.mlp_bias is True

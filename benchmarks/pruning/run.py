@@ -2,8 +2,10 @@
 
     python benchmarks/pruning/run.py --eval-text ../shared/data/wikitext-2/wiki.valid.tokens
 
-For each variant: perplexity, mean KL(base || variant) and top-1 agreement on
-evaluation text that calibration never saw, parameter and non-zero counts.
+For each variant: perplexity (with --kl also mean KL(base || variant) and top-1
+agreement) on evaluation text that calibration never saw, parameter and
+non-zero counts, and the seconds the pruning took (calibration included; the
+calibration statistics are cached, so only the first calibrated pass pays).
 Structured variants are saved, reloaded with a stock
 `AutoModelForCausalLM.from_pretrained`, checked against the in-memory model,
 and timed side by side with the base (greedy decode, interleaved repeats).
@@ -36,6 +38,8 @@ VARIANTS = [
     ("Wanda 2:4", "unstructured", [("wanda_prune", {"pattern": "2:4"})]),
     ("MLP channels -25%, magnitude", "structured", [("channel_prune", {"ratio": 0.25, "importance": "magnitude"})]),
     ("MLP channels -25%, activations", "structured", [("channel_prune", {"ratio": 0.25, "importance": "activation"})]),
+    ("MLP channels -25%, activations + bias compensation", "structured",
+     [("channel_prune", {"ratio": 0.25, "importance": "activation", "bias_compensation": True})]),
     ("heads -1/3 (1 of 3 KV groups), activations", "structured",
      [("head_prune", {"ratio": 1 / 3, "mode": "groups", "importance": "activation"})]),
     ("layers -3 of 30 (least change on calibration)", "structured", [("layer_drop", {"count": 3})]),
@@ -117,7 +121,7 @@ def run(args) -> dict:
         results["variants"].append(row)
         log.info(f"{label}: perplexity {row['perplexity']:.2f}, parameters {row['parameters']:,}, "
                  f"non-zero {row['nonzero_parameters']:,}")
-        Path(args.out, "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        Path(args.out, f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
         del art
 
     if reloaded and args.repeats:
@@ -130,7 +134,8 @@ def run(args) -> dict:
                                            "interleaved": True},
                               "models": timing}
     results["base_parameters"] = base_counts
-    Path(args.out, "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    results["embedding_parameters"] = base.model.get_input_embeddings().weight.numel()
+    Path(args.out, f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 
@@ -165,16 +170,26 @@ def report(results: dict, command: str) -> str:
         "evaluation text. "
         f"Quality runs used {s['quality_threads']} thread(s). No fine-tuning after pruning.",
         "",
-        "| variant | perplexity | × base | KL(base‖variant) | top-1 agree | parameters | non-zero | pruning s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    with_kl = any("kl_mean" in r for r in results["variants"])
+    divergence = " KL(base‖variant) | top-1 agree |" if with_kl else ""
+    lines += [f"| variant | perplexity | × base |{divergence} parameters | non-zero | pruning s |",
+              "|---|---:|---:|" + ("---:|---:|" if with_kl else "") + "---:|---:|---:|"]
     base_ppl = next(r["perplexity"] for r in results["variants"] if r["kind"] == "base")
     for r in results["variants"]:
-        kl = f"{r['kl_mean']:.3f}" if "kl_mean" in r else "–"
-        top1 = f"{r['top1_agreement']:.1%}" if "top1_agreement" in r else "–"
-        lines.append(f"| {r['label']} | {r['perplexity']:,.2f} | {r['perplexity'] / base_ppl:,.2f} | {kl} | {top1} | "
+        cells = ""
+        if with_kl:
+            kl = f"{r['kl_mean']:.3f}" if "kl_mean" in r else "–"
+            top1 = f"{r['top1_agreement']:.1%}" if "top1_agreement" in r else "–"
+            cells = f" {kl} | {top1} |"
+        lines.append(f"| {r['label']} | {r['perplexity']:,.2f} | {r['perplexity'] / base_ppl:,.2f} |{cells} "
                      f"{fmt_count(r['parameters'])} | {fmt_count(r['nonzero_parameters'])} | {r['prune_seconds']:.0f} |")
-    lines += ["", "Parameters count every tensor once (the tied embedding/LM head included, 28.3 M of them).",
+    if not with_kl:
+        lines += ["", "KL and top-1 agreement with the base were not measured in this run (`--kl` doubles the "
+                  "evaluation cost; the machine was shared)."]
+    emb = results.get("embedding_parameters")
+    lines += ["", "Parameters count every tensor once"
+              + (f" (the tied embedding/LM head included, {fmt_count(emb)} of them)." if emb else "."),
               "Structured variants were saved and reloaded with a stock `AutoModelForCausalLM.from_pretrained`; "
               "largest logit difference from the in-memory model: "
               + ", ".join(f"{r['label']}: {r['reload_max_abs_logit_diff']:.1e}"
@@ -217,20 +232,21 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="latency repeats (0: skip latency)")
     ap.add_argument("--only", nargs="*", help="only these variant labels (and the base)")
     ap.add_argument("--out", default=str(HERE))
+    ap.add_argument("--name", default="results", help="file stem of the results (NAME.json, NAME.md)")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("-q", "--quiet", action="store_true")
     args = ap.parse_args()
     command = "python benchmarks/pruning/run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if args.report_only:
-        results = json.loads(Path(args.out, "results.json").read_text())
+        results = json.loads(Path(args.out, f"{args.name}.json").read_text())
         command = results.get("command", command)
     else:
         results = run(args)
         results["date"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         results["command"] = command
-        Path(args.out, "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    Path(args.out, "results.md").write_text(report(results, command))
-    print(Path(args.out, "results.md").read_text())
+        Path(args.out, f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    Path(args.out, f"{args.name}.md").write_text(report(results, command))
+    print(Path(args.out, f"{args.name}.md").read_text())
 
 
 if __name__ == "__main__":

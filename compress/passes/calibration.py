@@ -3,9 +3,10 @@
 One pass of the calibration windows through the model collects everything the
 pruning passes use:
 
-* for every projection (Linear / Conv1D), the L2 norm of each input channel
-  over all calibration tokens (Wanda's ||X_j||; for a down / output projection
-  that is the activation of an MLP channel or of an attention head);
+* for every projection (Linear / Conv1D), the L2 norm and the mean of each
+  input channel over all calibration tokens (Wanda's ||X_j||; for a down /
+  output projection that is the activation of an MLP channel or of an
+  attention head);
 * for every decoder block, the mean over tokens of 1 - cos(block input, block
   output), how much the block changes the hidden state.
 
@@ -36,6 +37,7 @@ _CACHE_SIZE = 2
 @dataclass
 class CalibrationStats:
     input_norms: dict[str, torch.Tensor]  # projection name -> (in_features,) L2 norms
+    input_means: dict[str, torch.Tensor]  # projection name -> (in_features,) mean over tokens
     block_change: list[float]  # per decoder block: mean 1 - cos(input, output)
     tokens: int
 
@@ -72,16 +74,20 @@ def collect(model, windows: Windows, desc: str = "calibration") -> CalibrationSt
         _CACHE.move_to_end(key)
         return _CACHE[key]
     sums: dict[str, torch.Tensor] = {}
-    change = []
+    firsts: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
     blocks = decoder_blocks(model)
     change = [[0.0, 0] for _ in blocks]
     handles = []
 
     def norm_hook(name):
         def hook(module, args):
-            x = args[0].detach().float()
-            s = x.pow(2).reshape(-1, x.shape[-1]).sum(0).double()
-            sums[name] = sums[name] + s if name in sums else s
+            x = args[0].detach().float().reshape(-1, args[0].shape[-1])
+            s, f = x.pow(2).sum(0).double(), x.sum(0).double()
+            if name in sums:
+                sums[name], firsts[name], counts[name] = sums[name] + s, firsts[name] + f, counts[name] + x.shape[0]
+            else:
+                sums[name], firsts[name], counts[name] = s, f, x.shape[0]
 
         return hook
 
@@ -106,6 +112,7 @@ def collect(model, windows: Windows, desc: str = "calibration") -> CalibrationSt
             h.remove()
     stats = CalibrationStats(
         input_norms={n: s.sqrt().float() for n, s in sums.items()},
+        input_means={n: (f / counts[n]).float() for n, f in firsts.items()},
         block_change=[s / max(n, 1) for s, n in change],
         tokens=int(windows.input_ids.numel()),
     )

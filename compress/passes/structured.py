@@ -170,6 +170,18 @@ def _pad_inputs(module: nn.Module, width: int) -> None:
         module.in_features = width
 
 
+def add_bias(block: Block, delta: torch.Tensor, kind: str) -> None:
+    """Add delta to the down projection's bias; Llama-style MLPs get (zero) biases on every projection."""
+    out = block.mlp_out.module
+    if getattr(out, "bias", None) is None:
+        out.bias = nn.Parameter(torch.zeros(block.mlp_out.out_features, dtype=out.weight.dtype))
+    out.bias.data += delta.to(out.bias.dtype)
+    if kind == "llama":
+        for m in block.mlp_in:
+            if getattr(m.module, "bias", None) is None:
+                m.module.bias = nn.Parameter(torch.zeros(m.out_features, dtype=m.module.weight.dtype))
+
+
 def mlp_width(block: Block) -> int:
     return block.mlp_out.in_features
 
@@ -227,6 +239,14 @@ class ChannelPrune(StructuredPrune):
     )
     skip_first_last: bool = Field(False, description="leave the first and last blocks alone (widths then differ)")
     multiple_of: int = Field(1, ge=1, description="round the number of kept channels down to a multiple of this")
+    bias_compensation: bool = Field(
+        False, description="add the removed channels' mean contribution on calibration text to the down projection's "
+        "bias (Llama: sets mlp_bias, so gate/up get zero biases too)"
+    )
+
+    @property
+    def needs_calibration(self) -> bool:  # type: ignore[override]
+        return self.importance == "activation" or self.bias_compensation
 
     @field_validator("layer_ratios")
     @classmethod
@@ -265,21 +285,44 @@ class ChannelPrune(StructuredPrune):
         norms = input_norms(artifact.model, [b.mlp_out.name for b in layout.blocks], windows, desc="channel importance")
         return [norms[b.mlp_out.name] * out_col[i].sqrt() for i, b in enumerate(layout.blocks)]
 
+    def check_compensation(self, model, layout: Layout) -> None:
+        if self.bias_compensation and layout.kind == "llama" and not hasattr(model.config, "mlp_bias"):
+            raise UserError(
+                f"bias_compensation needs an MLP bias, and {type(model.config).__name__} has no mlp_bias setting "
+                "(its checkpoint could not hold one); turn bias_compensation off"
+            )
+
+    def compensate(self, artifact: Artifact, layout: Layout, ctx: PassContext) -> list[torch.Tensor]:
+        """Per layer: what every channel adds to the down projection's output on average (out, width)."""
+        windows = ctx.calibration_windows(artifact.tokenizer)
+        stats = collect(artifact.model, windows, desc="channel means")
+        return [b.mlp_out.weight.float() * stats.input_means[b.mlp_out.name].unsqueeze(0) for b in layout.blocks]
+
     def apply(self, artifact: Artifact, ctx: PassContext) -> dict:
         model = artifact.model
         layout = model_layout(model)
+        self.check_compensation(model, layout)
         before = count_parameters(model)
         keep = self.plan(layout)
         widths = [mlp_width(b) for b in layout.blocks]
         scores = self.channel_scores(artifact, layout, ctx)
+        contributions = self.compensate(artifact, layout, ctx) if self.bias_compensation else None
         with torch.no_grad():
-            for b, k, s in zip(layout.blocks, keep, scores):
+            for i, (b, k, s) in enumerate(zip(layout.blocks, keep, scores)):
                 if k >= mlp_width(b):
+                    if contributions is not None:  # mlp_bias holds for every layer: give this one zero biases
+                        add_bias(b, torch.zeros(b.mlp_out.out_features), layout.kind)
                     continue
                 idx = torch.topk(s, k).indices.sort().values
                 for m in b.mlp_in:
                     keep_outputs(m.module, idx)
                 keep_inputs(b.mlp_out.module, idx)
+                if contributions is not None:
+                    dropped = torch.ones(contributions[i].shape[1], dtype=torch.bool)
+                    dropped[idx] = False
+                    add_bias(b, contributions[i][:, dropped].sum(1), layout.kind)
+        if contributions is not None and layout.kind == "llama":
+            model.config.mlp_bias = True
         uniform = len(set(keep)) == 1
         set_mlp_width_config(model.config, layout.kind, max(keep))
         if not uniform:

@@ -11,7 +11,7 @@ STRUCTURES = {"channels": "channel_prune", "heads": "head_prune", "layers": "lay
 
 
 def build_prune_pass(method: str, sparsity: float, pattern: str | None, scope: str, structure: str | None,
-                     head_mode: str, skip_first_last: bool, include: tuple[str, ...], exclude: tuple[str, ...],
+                     head_mode: str, skip_first_last: bool, bias_compensation: bool, include: tuple[str, ...], exclude: tuple[str, ...],
                      include_lm_head: bool):
     """The pass the options describe, validated (one-line UserError on a bad combination)."""
     from ..passes.base import build_pass
@@ -20,6 +20,8 @@ def build_prune_pass(method: str, sparsity: float, pattern: str | None, scope: s
         if skip_first_last:
             raise UserError("--skip-first-last applies to structured pruning (--structure); for unstructured pruning "
                             "use --exclude with the first and last blocks' module names")
+        if bias_compensation:
+            raise UserError("--bias-compensation applies to --structure channels")
         name = "magnitude_prune" if method == "magnitude" else "wanda_prune"
         config = {"sparsity": sparsity, "scope": scope, "pattern": pattern, "include": list(include) or None,
                   "exclude": list(exclude) or None, "include_lm_head": include_lm_head}
@@ -29,7 +31,10 @@ def build_prune_pass(method: str, sparsity: float, pattern: str | None, scope: s
                         "drop them or drop --structure")
     importance = "magnitude" if method == "magnitude" else "activation"
     if structure == "channels":
-        config = {"ratio": sparsity, "importance": importance, "skip_first_last": skip_first_last}
+        config = {"ratio": sparsity, "importance": importance, "skip_first_last": skip_first_last,
+                  "bias_compensation": bias_compensation}
+    elif structure in ("heads", "layers") and bias_compensation:
+        raise UserError("--bias-compensation applies to --structure channels")
     elif structure == "heads":
         if skip_first_last:
             raise UserError("--skip-first-last is not available for heads: a stock config holds one head count for "
@@ -72,6 +77,8 @@ def model_config(ref: str):
               help="Heads: remove whole key/value groups, or the same number of query heads from every group.")
 @click.option("--skip-first-last", is_flag=True,
               help="Leave the first and last blocks alone (channels: widths then differ per layer, saved zero-padded).")
+@click.option("--bias-compensation", is_flag=True,
+              help="Channels: put the removed channels' mean contribution on calibration text into the down bias.")
 @click.option("--include", multiple=True, help="Glob of module names to prune (repeatable; default: every projection).")
 @click.option("--exclude", multiple=True, help="Glob of module names to leave alone (repeatable).")
 @click.option("--include-lm-head", is_flag=True, help="Also prune the output head (off by default).")

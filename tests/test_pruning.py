@@ -10,6 +10,7 @@ from compress.cli import main
 from compress.errors import UserError
 from compress.layers import output_head_names, weight_matrices
 from compress.passes import MagnitudePrune, WandaPrune
+from compress.passes.sparsegpt import SparseGPTPrune, sparsegpt_prune_matrix
 from compress.passes.calibration import clear_cache
 from compress.passes.base import CalibrationData, PassContext, build_pass
 
@@ -34,7 +35,7 @@ def all_hooks(model) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
-@pytest.mark.parametrize("cls", [MagnitudePrune, WandaPrune])
+@pytest.mark.parametrize("cls", [MagnitudePrune, WandaPrune, SparseGPTPrune])
 def test_row_scope_zeroes_exactly_the_share_of_every_row(tiny_model_dir, ctx, cls):
     from compress.models import load_artifact
 
@@ -60,7 +61,7 @@ def test_layer_and_global_scopes_reach_the_exact_sparsity(tiny_llama, ctx, scope
     assert set(per_layer) == {t.name for t in targets}
 
 
-@pytest.mark.parametrize("cls", [MagnitudePrune, WandaPrune])
+@pytest.mark.parametrize("cls", [MagnitudePrune, WandaPrune, SparseGPTPrune])
 @pytest.mark.parametrize("pattern", ["2:4", "4:8"])
 def test_n_m_pattern_holds_in_every_group(tiny_model_dir, ctx, cls, pattern):
     from compress.models import load_artifact
@@ -113,11 +114,12 @@ def test_wanda_keeps_small_weights_that_carry_loud_activations(tiny_llama, ctx):
     assert (after == before).float().mean() > 0.99
 
 
-def test_calibration_hooks_are_removed_afterwards(tiny_model_dir, ctx):
+@pytest.mark.parametrize("cls", [WandaPrune, SparseGPTPrune])
+def test_calibration_hooks_are_removed_afterwards(tiny_model_dir, ctx, cls):
     from compress.models import load_artifact
 
     art = load_artifact(str(tiny_model_dir))
-    result = WandaPrune(sparsity=0.5)(art, ctx)
+    result = cls(sparsity=0.5)(art, ctx)
     assert all_hooks(result.model) == 0
 
 
@@ -187,3 +189,22 @@ def test_calibration_runs_once_per_model_and_again_when_its_weights_change(tiny_
     pruned = MagnitudePrune(sparsity=0.5)(tiny_llama, ctx)
     WandaPrune(sparsity=0.5)(pruned, ctx)  # different weights: calibrated again
     assert len(runs) == 2
+
+
+def test_sparsegpt_update_reduces_the_layer_error_on_calibration_inputs():
+    torch.manual_seed(0)
+    x = torch.randn(1000, 32) @ torch.randn(32, 32)
+    w = torch.randn(16, 32)
+    hessian = x.t() @ x / len(x)
+    pruned = sparsegpt_prune_matrix(w, hessian, 0.5, "row", None)
+
+    def error(a):
+        return float(((x @ (a - w).t()) ** 2).mean())
+
+    assert torch.all((pruned == 0).sum(1) == 16)
+    assert error(pruned) < 0.9 * error(w * (pruned != 0))  # same zeros, without the update: worse
+
+
+def test_sparsegpt_refuses_global_scope():
+    with pytest.raises(UserError, match="scope"):
+        build_pass("sparsegpt_prune", {"scope": "global"})

@@ -34,6 +34,7 @@ VARIANTS = [
     ("base", "base", []),
     ("magnitude 50% (per row)", "unstructured", [("magnitude_prune", {"sparsity": 0.5, "scope": "row"})]),
     ("Wanda 50% (per row)", "unstructured", [("wanda_prune", {"sparsity": 0.5, "scope": "row"})]),
+    ("SparseGPT 50% (per row, one-shot)", "unstructured", [("sparsegpt_prune", {"sparsity": 0.5, "scope": "row"})]),
     ("magnitude 2:4", "unstructured", [("magnitude_prune", {"pattern": "2:4"})]),
     ("Wanda 2:4", "unstructured", [("wanda_prune", {"pattern": "2:4"})]),
     ("MLP channels -25%, magnitude", "structured", [("channel_prune", {"ratio": 0.25, "importance": "magnitude"})]),

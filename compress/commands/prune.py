@@ -22,13 +22,15 @@ def build_prune_pass(method: str, sparsity: float, pattern: str | None, scope: s
                             "use --exclude with the first and last blocks' module names")
         if bias_compensation:
             raise UserError("--bias-compensation applies to --structure channels")
-        name = "magnitude_prune" if method == "magnitude" else "wanda_prune"
+        name = {"magnitude": "magnitude_prune", "sparsegpt": "sparsegpt_prune"}.get(method, "wanda_prune")
         config = {"sparsity": sparsity, "scope": scope, "pattern": pattern, "include": list(include) or None,
                   "exclude": list(exclude) or None, "include_lm_head": include_lm_head}
         return build_pass(name, config)
     if pattern is not None or include or exclude or include_lm_head:
         raise UserError("--pattern, --include, --exclude and --include-lm-head apply to unstructured pruning; "
                         "drop them or drop --structure")
+    if method == "sparsegpt":
+        raise UserError("--method sparsegpt is unstructured; for --structure use magnitude or activation")
     importance = "magnitude" if method == "magnitude" else "activation"
     if structure == "channels":
         config = {"ratio": sparsity, "importance": importance, "skip_first_last": skip_first_last,
@@ -64,8 +66,9 @@ def model_config(ref: str):
 
 @click.command("prune")
 @click.argument("model")
-@click.option("--method", type=click.Choice(["magnitude", "wanda", "activation"]), default="wanda", show_default=True,
-              help="Importance: weight magnitude, or activations on calibration text (wanda = activation).")
+@click.option("--method", type=click.Choice(["magnitude", "wanda", "activation", "sparsegpt"]), default="wanda",
+              show_default=True, help="Importance: weight magnitude, or activations on calibration text (wanda = "
+              "activation); sparsegpt (unstructured) also updates the remaining weights.")
 @click.option("--sparsity", type=float, default=0.5, show_default=True,
               help="Share of weights to zero; with --structure, share of channels / heads / layers to remove.")
 @click.option("--pattern", default=None, help="N:M pattern along the input dimension, e.g. 2:4 (unstructured only).")
@@ -97,6 +100,7 @@ def command(model: str, output: str, force: bool, **kw) -> None:
     Examples:
       compress prune smollm2-135m-instruct --method wanda --sparsity 0.5 -o out/wanda-50
       compress prune smollm2-135m-instruct --method magnitude --pattern 2:4 -o out/mag-2-4
+      compress prune smollm2-135m-instruct --method sparsegpt --sparsity 0.5 -o out/sparsegpt-50
       compress prune smollm2-135m-instruct --structure channels --sparsity 0.25 -o out/mlp-25
       compress prune smollm2-135m-instruct --structure heads --sparsity 0.333 --head-mode query -o out/heads
       compress prune smollm2-135m-instruct --structure layers --sparsity 0.1 --eval-text none -o out/depth

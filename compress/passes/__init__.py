@@ -2,5 +2,8 @@
 
 from .base import REGISTRY, CalibrationData, Pass, PassContext, build_pass
 from .pruning import MagnitudePrune, WandaPrune
+from .sparsegpt import SparseGPTPrune
+from .structured import ChannelPrune, HeadPrune, LayerDrop
 
-__all__ = ["REGISTRY", "CalibrationData", "Pass", "PassContext", "build_pass", "MagnitudePrune", "WandaPrune"]
+__all__ = ["REGISTRY", "CalibrationData", "Pass", "PassContext", "build_pass", "MagnitudePrune", "WandaPrune", "SparseGPTPrune",
+           "ChannelPrune", "HeadPrune", "LayerDrop"]

@@ -108,6 +108,12 @@ class UnstructuredPrune(Pass):
                     f"a {self.pattern} pattern needs input widths divisible by {pattern[1]}; these are not: "
                     f"{', '.join(bad[:3])}; exclude them or choose another pattern"
                 )
+        self.prune_weights(artifact, targets, ctx, pattern)
+        return self.report(artifact, targets)
+
+    def prune_weights(self, artifact: Artifact, targets: list[WeightMatrix], ctx: PassContext,
+                      pattern: tuple[int, int] | None) -> None:
+        """Zero the weights with the lowest scores."""
         scores = self.scores(artifact, targets, ctx)
         masks: dict[str, torch.Tensor] = {}
         if self.scope == "global" and pattern is None:
@@ -124,13 +130,16 @@ class UnstructuredPrune(Pass):
         else:
             for t in progress(targets, desc=f"{self.name}", unit="layer"):
                 masks[t.name] = keep_mask(scores[t.name].float(), self.sparsity, self.scope, pattern)
+        with torch.no_grad():
+            for t in targets:
+                t.weight.mul_(masks[t.name].to(t.weight.dtype))
 
+    def report(self, artifact: Artifact, targets: list[WeightMatrix]) -> dict:
         per_layer = {}
         zeros = total = 0
         with torch.no_grad():
             for t in targets:
                 w = t.weight
-                w.mul_(masks[t.name].to(w.dtype))
                 z = int((w == 0).sum())
                 per_layer[t.name] = round(z / w.numel(), 4)
                 zeros += z

@@ -185,6 +185,9 @@ def report(results: dict, command: str) -> str:
             cells = f" {kl} | {top1} |"
         lines.append(f"| {r['label']} | {r['perplexity']:,.2f} | {r['perplexity'] / base_ppl:,.2f} |{cells} "
                      f"{fmt_count(r['parameters'])} | {fmt_count(r['nonzero_parameters'])} | {r['prune_seconds']:.0f} |")
+    lines += ["", "`pruning s`: wall time of the pass, calibration included. The calibration statistics (input norms, "
+              "block changes) are collected once, by the first variant that needs them, and reused from a cache by "
+              "the others; SparseGPT collects its own."]
     if not with_kl:
         lines += ["", "KL and top-1 agreement with the base were not measured in this run (`--kl` doubles the "
                   "evaluation cost; the machine was shared)."]
@@ -195,6 +198,20 @@ def report(results: dict, command: str) -> str:
               "largest logit difference from the in-memory model: "
               + ", ".join(f"{r['label']}: {r['reload_max_abs_logit_diff']:.1e}"
                           for r in results["variants"] if "reload_max_abs_logit_diff" in r) + "."]
+    checks = []
+    for r in results["variants"]:
+        if not r["passes"]:
+            continue
+        (name, config), = r["passes"][0].items()
+        unstructured_50 = name in ("wanda_prune", "sparsegpt_prune") and not config.get("pattern")
+        channels = name == "channel_prune" and config.get("importance") == "activation"
+        if unstructured_50 or channels:
+            ratio = r["perplexity"] / base_ppl
+            checks.append(f"- {r['label']}: {ratio:.2f}× the base perplexity, "
+                          f"{'within' if ratio <= 1.6 else 'NOT within'} the 1.6× target.")
+    if checks:
+        lines += ["", "Against the issue's targets (activation-aware 50% unstructured and structured 25% MLP with "
+                  "calibration within 1.6× of the base perplexity):", "", *checks]
     lat = results.get("latency")
     if lat:
         st = lat["settings"]

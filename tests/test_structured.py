@@ -170,14 +170,16 @@ def test_activation_importance_drops_a_silent_channel_that_magnitude_keeps(deep_
     assert not keeps_channel_7("activation")
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_non_uniform_channels_are_saved_zero_padded_and_reload_to_the_same_outputs(deep_dirs, ctx, tmp_path, arch):
+@pytest.mark.parametrize("arch,compensate", [("llama", True), ("gpt2", False)])
+def test_non_uniform_channels_are_saved_zero_padded_and_reload_to_the_same_outputs(deep_dirs, ctx, tmp_path, arch,
+                                                                                   compensate):
     art = load(deep_dirs[arch])
-    result = ChannelPrune(ratio=0.5, skip_first_last=True, importance="magnitude")(art, ctx)
+    result = ChannelPrune(ratio=0.5, skip_first_last=True, importance="magnitude", bias_compensation=compensate)(art, ctx)
     metrics = result.passes[-1]["metrics"]
     assert metrics["uniform"] is False and metrics["mlp_width_after"][1] < metrics["mlp_width_after"][0]
     stock = reload_and_check(result, tmp_path)
-    assert n_params(stock) == n_params(art.model)  # padded back: same size, fewer non-zeros
+    extra = n_params(stock) - n_params(art.model)  # padded back: same size (plus the MLP biases if compensated)
+    assert extra == (4 * (128 + 128 + 64) if compensate else 0)
 
 
 def test_per_layer_ratios_are_applied_per_layer(deep_dirs, ctx):

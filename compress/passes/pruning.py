@@ -10,6 +10,15 @@ Which weights go is decided by a scope:
 or by an N:M pattern (``2:4``: in every group of 4 consecutive inputs of a row,
 keep the 2 most important), the layout that sparse tensor cores accelerate.
 Zeros are written into the weights, so the output is a normal dense checkpoint.
+
+Two scores:
+
+* ``magnitude_prune``: |W|;
+* ``wanda_prune`` (activation-aware, after Sun et al., "A Simple and Effective
+  Pruning Approach for Large Language Models"): |W_ij| * ||X_j||, where ||X_j||
+  is the L2 norm of input channel j over the calibration tokens. A weight
+  feeding a channel that carries large activations is kept even if it is
+  small. Compared within each output row by default, as the method intends.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from ..errors import UserError
 from ..layers import WeightMatrix, count_parameters, weight_matrices
 from ..progress import progress
 from .base import Pass, PassContext
+from .calibration import input_norms
 
 Scope = Literal["row", "layer", "global"]
 
@@ -90,8 +100,21 @@ class UnstructuredPrune(Pass):
 
     def apply(self, artifact: Artifact, ctx: PassContext) -> dict:
         targets = self.targets(artifact.model)
-        scores = self.scores(artifact, targets, ctx)
         pattern = parse_pattern(self.pattern)
+        if pattern is not None:  # refuse before any calibration work
+            bad = [f"{t.name} ({t.in_features})" for t in targets if t.in_features % pattern[1]]
+            if bad:
+                raise UserError(
+                    f"a {self.pattern} pattern needs input widths divisible by {pattern[1]}; these are not: "
+                    f"{', '.join(bad[:3])}; exclude them or choose another pattern"
+                )
+        self.prune_weights(artifact, targets, ctx, pattern)
+        return self.report(artifact, targets)
+
+    def prune_weights(self, artifact: Artifact, targets: list[WeightMatrix], ctx: PassContext,
+                      pattern: tuple[int, int] | None) -> None:
+        """Zero the weights with the lowest scores."""
+        scores = self.scores(artifact, targets, ctx)
         masks: dict[str, torch.Tensor] = {}
         if self.scope == "global" and pattern is None:
             flat = torch.cat([scores[t.name].flatten().float() for t in targets])
@@ -107,13 +130,16 @@ class UnstructuredPrune(Pass):
         else:
             for t in progress(targets, desc=f"{self.name}", unit="layer"):
                 masks[t.name] = keep_mask(scores[t.name].float(), self.sparsity, self.scope, pattern)
+        with torch.no_grad():
+            for t in targets:
+                t.weight.mul_(masks[t.name].to(t.weight.dtype))
 
+    def report(self, artifact: Artifact, targets: list[WeightMatrix]) -> dict:
         per_layer = {}
         zeros = total = 0
         with torch.no_grad():
             for t in targets:
                 w = t.weight
-                w.mul_(masks[t.name].to(w.dtype))
                 z = int((w == 0).sum())
                 per_layer[t.name] = round(z / w.numel(), 4)
                 zeros += z
@@ -133,3 +159,15 @@ class MagnitudePrune(UnstructuredPrune):
 
     def scores(self, artifact, targets, ctx):
         return {t.name: t.weight.abs() for t in targets}
+
+
+class WandaPrune(UnstructuredPrune):
+    """Zero the weights with the smallest |W| * ||X|| (activation-aware; needs calibration text)."""
+
+    name = "wanda_prune"
+    needs_calibration = True
+
+    def scores(self, artifact, targets, ctx):
+        windows = ctx.calibration_windows(artifact.tokenizer)
+        norms = input_norms(artifact.model, [t.name for t in targets], windows, desc="wanda calibration")
+        return {t.name: t.weight.abs() * norms[t.name].to(t.weight.dtype).unsqueeze(0) for t in targets}

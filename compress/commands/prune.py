@@ -1,0 +1,122 @@
+"""`compress prune`: one pruning pass from the command line (the same passes recipes use)."""
+
+from __future__ import annotations
+
+import click
+
+from ..cli_options import data_options, data_specs, output_options
+from ..errors import UserError
+
+STRUCTURES = {"channels": "channel_prune", "heads": "head_prune", "layers": "layer_drop"}
+
+
+def build_prune_pass(method: str, sparsity: float, pattern: str | None, scope: str, structure: str | None,
+                     head_mode: str, skip_first_last: bool, bias_compensation: bool, include: tuple[str, ...], exclude: tuple[str, ...],
+                     include_lm_head: bool):
+    """The pass the options describe, validated (one-line UserError on a bad combination)."""
+    from ..passes.base import build_pass
+
+    if structure is None:
+        if skip_first_last:
+            raise UserError("--skip-first-last applies to structured pruning (--structure); for unstructured pruning "
+                            "use --exclude with the first and last blocks' module names")
+        if bias_compensation:
+            raise UserError("--bias-compensation applies to --structure channels")
+        name = {"magnitude": "magnitude_prune", "sparsegpt": "sparsegpt_prune"}.get(method, "wanda_prune")
+        config = {"sparsity": sparsity, "scope": scope, "pattern": pattern, "include": list(include) or None,
+                  "exclude": list(exclude) or None, "include_lm_head": include_lm_head}
+        return build_pass(name, config)
+    if pattern is not None or include or exclude or include_lm_head:
+        raise UserError("--pattern, --include, --exclude and --include-lm-head apply to unstructured pruning; "
+                        "drop them or drop --structure")
+    if method == "sparsegpt":
+        raise UserError("--method sparsegpt is unstructured; for --structure use magnitude or activation")
+    importance = "magnitude" if method == "magnitude" else "activation"
+    if structure == "channels":
+        config = {"ratio": sparsity, "importance": importance, "skip_first_last": skip_first_last,
+                  "bias_compensation": bias_compensation}
+    elif structure in ("heads", "layers") and bias_compensation:
+        raise UserError("--bias-compensation applies to --structure channels")
+    elif structure == "heads":
+        if skip_first_last:
+            raise UserError("--skip-first-last is not available for heads: a stock config holds one head count for "
+                            "every layer; prune every layer or prune channels instead")
+        config = {"ratio": sparsity, "importance": importance, "mode": head_mode}
+    else:
+        if method == "magnitude":
+            raise UserError("layers are scored on calibration text (how little each block changes its input); "
+                            "use --method activation (or wanda) with --structure layers")
+        config = {"ratio": sparsity, "skip_first_last": skip_first_last}
+    return build_pass(STRUCTURES[structure], config)
+
+
+def model_config(ref: str):
+    """The config of a model source, without loading its weights."""
+    from transformers import AutoConfig
+
+    from ..models import converted_gguf_dir, resolve_source
+
+    source = resolve_source(ref)
+    where = converted_gguf_dir(source.path) if source.kind in ("builtin", "gguf") else source.path or source.ref
+    try:
+        return AutoConfig.from_pretrained(where)
+    except Exception as exc:
+        raise UserError(f"could not read the config of {ref} ({str(exc).splitlines()[0][:200]})") from None
+
+
+@click.command("prune")
+@click.argument("model")
+@click.option("--method", type=click.Choice(["magnitude", "wanda", "activation", "sparsegpt"]), default="wanda",
+              show_default=True, help="Importance: weight magnitude, or activations on calibration text (wanda = "
+              "activation); sparsegpt (unstructured) also updates the remaining weights.")
+@click.option("--sparsity", type=float, default=0.5, show_default=True,
+              help="Share of weights to zero; with --structure, share of channels / heads / layers to remove.")
+@click.option("--pattern", default=None, help="N:M pattern along the input dimension, e.g. 2:4 (unstructured only).")
+@click.option("--scope", type=click.Choice(["row", "layer", "global"]), default="row", show_default=True,
+              help="Where the sparsity is enforced (unstructured): every output row, every matrix, or overall.")
+@click.option("--structure", type=click.Choice(sorted(STRUCTURES)), default=None,
+              help="Remove whole MLP channels, attention heads or decoder layers (the model gets smaller).")
+@click.option("--head-mode", type=click.Choice(["groups", "query"]), default="groups", show_default=True,
+              help="Heads: remove whole key/value groups, or the same number of query heads from every group.")
+@click.option("--skip-first-last", is_flag=True,
+              help="Leave the first and last blocks alone (channels: widths then differ per layer, saved zero-padded).")
+@click.option("--bias-compensation", is_flag=True,
+              help="Channels: put the removed channels' mean contribution on calibration text into the down bias.")
+@click.option("--include", multiple=True, help="Glob of module names to prune (repeatable; default: every projection).")
+@click.option("--exclude", multiple=True, help="Glob of module names to leave alone (repeatable).")
+@click.option("--include-lm-head", is_flag=True, help="Also prune the output head (off by default).")
+@data_options
+@output_options
+def command(model: str, output: str, force: bool, **kw) -> None:
+    """Prune MODEL and save the result as a Hugging Face checkpoint.
+
+    Unstructured methods write zeros into the weights (same shapes, fewer
+    non-zeros); --structure removes rows and columns and rewrites the config,
+    so a stock AutoModelForCausalLM.from_pretrained loads a smaller model.
+    Perplexity before and after is measured on --eval-text, which calibration
+    never overlaps.
+
+    \b
+    Examples:
+      compress prune smollm2-135m-instruct --method wanda --sparsity 0.5 -o out/wanda-50
+      compress prune smollm2-135m-instruct --method magnitude --pattern 2:4 -o out/mag-2-4
+      compress prune smollm2-135m-instruct --method sparsegpt --sparsity 0.5 -o out/sparsegpt-50
+      compress prune smollm2-135m-instruct --structure channels --sparsity 0.25 -o out/mlp-25
+      compress prune smollm2-135m-instruct --structure heads --sparsity 0.333 --head-mode query -o out/heads
+      compress prune smollm2-135m-instruct --structure layers --sparsity 0.1 --eval-text none -o out/depth
+    """
+    from ..cli import _print_summary
+    from ..recipe import Recipe, run_recipe
+
+    calibration, evaluation = data_specs(kw)
+    p = build_prune_pass(**kw)
+    if hasattr(p, "check_config"):  # refuse a head ratio that cannot fit before loading the model
+        p.check_config(model_config(model))
+    recipe = Recipe(model=model, calibration=calibration, evaluation=evaluation, passes=[p])
+    result = run_recipe(recipe, model=model, output=output, force=force)
+    metrics = result.passes[-1]["metrics"]
+    if "sparsity_reached" in metrics:
+        click.echo(f"sparsity reached {metrics['sparsity_reached']:.2%} over {metrics['layers_pruned']} matrices")
+    if "parameters_before" in metrics:
+        click.echo(f"parameters {metrics['parameters_before']:,} -> {metrics['parameters']:,}")
+    _print_summary(result, output)

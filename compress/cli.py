@@ -18,7 +18,9 @@ from .errors import UserError
 from .progress import configure
 
 # Modules under compress.commands that each define `command` (a click command or group).
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = [
+    "distill",
+]
 
 _state = {"verbose": False}
 

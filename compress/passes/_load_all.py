@@ -4,3 +4,4 @@ A new pass family adds one import line here.
 """
 
 from . import pruning  # noqa: F401
+from . import distillation  # noqa: F401

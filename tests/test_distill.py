@@ -157,7 +157,7 @@ def test_distillation_loss_falls_and_the_teacher_is_unchanged(deep_dir, train_wi
     teacher = load_artifact(str(deep_dir))
     before = state_dict_copy(teacher.model)
     student = DropLayers(layers=2)(teacher)
-    result = distill_into(student, teacher, train_windows, config(steps=10, hidden_weight=0.5, ce_weight=0.2),
+    result = distill_into(student, teacher, train_windows, config(steps=8, hidden_weight=0.5, ce_weight=0.2),
                           final_eval=False)
     losses = [h["loss"] for h in result["history"]]
     kls = [h["kl"] for h in result["history"]]
@@ -171,7 +171,8 @@ def _fresh_trainer(deep_dir, windows, ckpt, **overrides):
     torch.manual_seed(123)  # any global state before the run must not matter
     teacher = load_artifact(str(deep_dir))
     student = drop_layers(teacher.model, [0, 3])
-    return Trainer(student, teacher.model, windows, config(checkpoint_every=2, **overrides), checkpoint_dir=ckpt)
+    values = {"steps": 4, "checkpoint_every": 2, **overrides}
+    return Trainer(student, teacher.model, windows, config(**values), checkpoint_dir=ckpt)
 
 
 def test_resume_after_a_crash_reproduces_the_uninterrupted_run(deep_gpt2_dir, train_windows, tmp_path, monkeypatch):
@@ -180,21 +181,43 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(deep_gpt2_dir, tr
     crashing = _fresh_trainer(deep_gpt2_dir, train_windows, tmp_path / "b")
     original = Trainer.train_step
 
-    def crash_at_step_5(self):
-        if self.step == 4:
+    def crash_in_step_4(self):
+        if self.step == 3:
             raise KeyboardInterrupt("simulated kill")
         return original(self)
 
-    monkeypatch.setattr(Trainer, "train_step", crash_at_step_5)
+    monkeypatch.setattr(Trainer, "train_step", crash_in_step_4)
     with pytest.raises(KeyboardInterrupt):
         crashing.run(final_eval=False)
     monkeypatch.setattr(Trainer, "train_step", original)
-    assert [p.name for p in checkpoints(tmp_path / "b")] == ["step-000004"]
+    assert [p.name for p in checkpoints(tmp_path / "b")] == ["step-000002"]
 
     resumed = _fresh_trainer(deep_gpt2_dir, train_windows, tmp_path / "b").run(resume=True, final_eval=False)
-    assert resumed["resumed_from_step"] == 4
+    assert resumed["resumed_from_step"] == 2
     assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in full["history"]], rel=1e-6)
     assert resumed["final_loss"] == pytest.approx(full["final_loss"], rel=1e-6)
+
+
+def test_a_checkpoint_interrupted_while_writing_leaves_the_previous_one_whole(deep_llama_dir, train_windows, tmp_path,
+                                                                            monkeypatch):
+    import compress.distill.train as train_module
+
+    real_save, calls = torch.save, []
+
+    def dying_save(obj, path):
+        calls.append(path)
+        if len(calls) == 2:
+            real_save({"half": "written"}, path)
+            raise KeyboardInterrupt("killed while writing")
+        real_save(obj, path)
+
+    monkeypatch.setattr(train_module.torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        _fresh_trainer(deep_llama_dir, train_windows, tmp_path).run(final_eval=False)
+    assert [p.name for p in checkpoints(tmp_path)] == ["step-000002"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000002"]  # the partial one is gone
+    state = torch.load(tmp_path / "step-000002" / "training_state.pt", weights_only=False)
+    assert state["step"] == 2 and state["samples_seen"] == 8
 
 
 def test_resume_refuses_a_checkpoint_made_with_other_settings(deep_llama_dir, train_windows, tmp_path):
@@ -295,3 +318,25 @@ def test_shipped_distill_recipes_parse(name):
 
     recipe = Recipe.from_yaml(Path(__file__).parents[1] / "configs" / name)
     assert "distill" in [p.name for p in recipe.passes]
+
+
+# -- several processes ------------------------------------------------------------------------------------
+
+def test_two_processes_on_cpu_train_one_student_through_torchrun_and_gloo(deep_llama_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "compress", "-q", "distill", "--teacher", str(deep_llama_dir), "--student-layers", "2",
+           "-o", str(out), "--steps", "3", "--batch-size", "2", "--seq-len", str(SEQ), "--calib-samples", "16",
+           "--eval-windows", "1", "--eval-seq-len", "64"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("saved to") == 1  # only the main process reports and writes
+    metrics = json.loads((out / "compress.json").read_text())["passes"][-1]["metrics"]
+    assert metrics["processes"] == 2
+    assert metrics["samples_seen"] == 3 * 2 * 2  # steps x batch x processes: each process took its own slice

@@ -76,6 +76,8 @@ def command(**kw) -> None:
     calibration, evaluation = data_specs(kw)
     train_windows = calibration.samples if samples_given else None
     result = run_distill_command(calibration=calibration, evaluation=evaluation, train_windows=train_windows, **kw)
+    if result is None:  # another process of a multi-process run; the main one reports
+        return
     evaluation_metrics = result.metrics.get("evaluation")
     if evaluation_metrics:
         click.echo(

@@ -43,7 +43,8 @@ def run_distill_command(teacher: str, output: str, calibration: CalibrationData,
                         student: str | None = None, student_layers: int | None = None,
                         layer_selection: str = "uniform", train_windows: int | None = None, force: bool = False,
                         device: str = "cpu", checkpoint_dir: str | None = None, resume: bool = False,
-                        keep_checkpoints: bool = False, **options) -> Artifact:
+                        keep_checkpoints: bool = False, **options) -> Artifact | None:
+    """Returns the saved student (None in the non-main processes of a multi-process run)."""
     start = time.perf_counter()
     config = train_config(options)
     unknown = set(options) - _TRAIN_KEYS
@@ -92,7 +93,7 @@ def run_distill_command(teacher: str, output: str, calibration: CalibrationData,
                           checkpoint_dir=ckpt_dir if config.checkpoint_every or resume else None,
                           resume=resume, device=device, final_eval=False)
     if not main:
-        return student_art
+        return None
     student_art.model.to("cpu")
     teacher_art.model.to("cpu")
     record = {**config.model_dump(mode="json"), "teacher": teacher_source.describe(),

@@ -49,7 +49,7 @@ Schedule = Literal["cosine", "linear", "constant"]
 CHECKPOINT_PREFIX = "step-"
 STATE_FILE = "training_state.pt"
 # Settings that may differ between a run and its resumption without changing the result.
-RESUMABLE_CHANGES = {"eval_every", "checkpoint_every", "keep_checkpoints", "eval_batch_size"}
+RESUMABLE_CHANGES = {"eval_every", "checkpoint_every", "keep_last", "eval_batch_size"}
 
 
 class TrainConfig(LossConfig):
@@ -70,7 +70,7 @@ class TrainConfig(LossConfig):
     eval_every: int = Field(0, ge=0, description="evaluate held-out perplexity every N steps (0: only at the end)")
     eval_batch_size: int = Field(1, ge=1)
     checkpoint_every: int = Field(0, ge=0, description="write a checkpoint every N steps (0: never)")
-    keep_checkpoints: int = Field(1, ge=1, description="how many of the newest checkpoints to keep")
+    keep_last: int = Field(1, ge=1, description="how many of the newest checkpoints to keep on disk")
 
     def loss_config(self) -> LossConfig:
         return LossConfig(**{k: getattr(self, k) for k in LossConfig.model_fields})
@@ -275,7 +275,7 @@ class Trainer:
                            "last": self.history[-1] if self.history else None, "config": state["config"],
                            "extra": self.extra_state}
                 (tmp / "trainer.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-            for old in checkpoints(self.checkpoint_dir)[: -self.config.keep_checkpoints]:
+            for old in checkpoints(self.checkpoint_dir)[: -self.config.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
         return path

@@ -167,6 +167,22 @@ def test_distillation_loss_falls_and_the_teacher_is_unchanged(deep_dir, train_wi
     assert all(p.grad is None for p in teacher.model.parameters())
 
 
+def test_bfloat16_autocast_trains_and_keeps_float32_weights(deep_llama_dir, train_windows):
+    teacher = load_artifact(str(deep_llama_dir))
+    student = DropLayers(layers=2)(teacher)
+    result = distill_into(student, teacher, train_windows, config(steps=2, dtype="bfloat16"), final_eval=False)
+    assert all(math.isfinite(h["loss"]) for h in result["history"])
+    assert all(p.dtype == torch.float32 for p in student.model.parameters())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_runs_on_cuda(deep_llama_dir, train_windows):
+    teacher = load_artifact(str(deep_llama_dir))
+    student = DropLayers(layers=2)(teacher)
+    result = distill_into(student, teacher, train_windows, config(steps=2), device="cuda", final_eval=False)
+    assert next(student.model.parameters()).is_cuda and math.isfinite(result["final_loss"])
+
+
 def _fresh_trainer(deep_dir, windows, ckpt, **overrides):
     torch.manual_seed(123)  # any global state before the run must not matter
     teacher = load_artifact(str(deep_dir))

@@ -30,7 +30,7 @@ from ..cli_options import data_options, data_specs, output_options
 @click.option("--ce-weight", type=float, default=0.0, show_default=True, help="Weight of the cross-entropy on the text.")
 @click.option("--hidden-weight", type=float, default=0.0, show_default=True, help="Weight of hidden-state alignment.")
 @click.option("--hidden-loss", type=click.Choice(["cosine", "mse"]), default="cosine", show_default=True)
-@click.option("--temperature", type=float, default=2.0, show_default=True, help="Softmax temperature of the divergence.")
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="Softmax temperature of the divergence.")
 @click.option("--divergence", type=click.Choice(["forward", "reverse", "jsd"]), default="forward", show_default=True,
               help="forward KL(teacher||student), reverse KL, or Jensen-Shannon.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,

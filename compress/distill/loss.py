@@ -37,7 +37,7 @@ class LossConfig(BaseModel):
     kl_weight: float = Field(1.0, ge=0.0, description="weight of the divergence from the teacher's soft targets")
     ce_weight: float = Field(0.0, ge=0.0, description="weight of the cross-entropy on the text's next tokens")
     hidden_weight: float = Field(0.0, ge=0.0, description="weight of the hidden-state alignment")
-    temperature: float = Field(2.0, gt=0.0, description="softmax temperature of both models in the divergence")
+    temperature: float = Field(1.0, gt=0.0, description="softmax temperature of both models in the divergence")
     divergence: Divergence = "forward"
     hidden_loss: HiddenLoss = "cosine"
 

@@ -78,7 +78,7 @@ class Distill(TrainConfig, Pass):
 
         ref = self.teacher
         if ref == "source":
-            ref = artifact.source.get("path") or artifact.source.get("ref")
+            ref = artifact.source.get("ref")  # an alias, hub id or path, as the recipe's model was given
             if not ref:
                 raise UserError("distill: the artifact has no recorded source to use as teacher; set 'teacher'")
         return load_artifact(str(ref))

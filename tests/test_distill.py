@@ -250,6 +250,7 @@ def _cli(teacher, out, *extra):
                  *extra])
 
 
+@pytest.mark.filterwarnings("ignore:QUALITY WARNING")  # a few steps on a random tiny model stay far from it
 def test_cli_distills_a_half_depth_student_that_reloads(deep_llama_dir, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
@@ -303,6 +304,7 @@ def test_cli_help_shows_an_example():
 
 # -- recipe -----------------------------------------------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore:QUALITY WARNING")
 def test_prune_then_distill_is_one_recipe(deep_llama_dir, tmp_path):
     from compress.recipe import Recipe
 

@@ -54,7 +54,7 @@ def command(**kw) -> None:
     calibration text (--calib-text/--calib-split; --calib-samples limits the
     windows, default all of it), never the evaluation text. The teacher runs
     without gradients and is never modified. For several processes, start this
-    same command with `accelerate launch` or `torchrun`.
+    same command with `torchrun` or `accelerate launch` (CPU: gloo).
 
     \b
     Examples:
@@ -63,7 +63,7 @@ def command(**kw) -> None:
       compress distill --teacher smollm2-135m-instruct --student out/pruned-mlp25 -o out/recovered \\
           --steps 200 --calib-text ../shared/data/wikitext-2/wiki.valid.tokens \\
           --eval-text ../shared/data/wikitext-2/wiki.valid.tokens
-      accelerate launch --cpu --num_processes 2 -m compress distill --teacher T --student-layers 2 -o out/s
+      torchrun --nproc_per_node 2 -m compress distill --teacher T --student-layers 2 -o out/s
     """
     from ..distill.run import run_distill_command
 

@@ -20,6 +20,7 @@ from .progress import configure
 # Modules under compress.commands that each define `command` (a click command or group).
 COMMAND_MODULES: list[str] = [
     "prune",
+    "distill",
 ]
 
 _state = {"verbose": False}

@@ -6,3 +6,4 @@ A new pass family adds one import line here.
 from . import pruning  # noqa: F401
 from . import structured  # noqa: F401
 from . import sparsegpt  # noqa: F401
+from . import distillation  # noqa: F401

@@ -181,3 +181,21 @@ def test_failing_variants_are_marked_with_one_line_and_the_others_still_run(benc
     assert _v(report, "copy")["quality"] and _v(report, "onnx")["quality"]
     md = (out / "bench.md").read_text()
     assert "## Failures" in md and "**crash** (quality)" in md and "**missing** (plan)" in md
+
+
+@pytest.mark.integration
+def test_builtin_model_and_its_bf16_copy_are_measured_end_to_end(tmp_path):
+    suite = Suite.from_dict({
+        "settings": {"prompt_lens": [16], "new_tokens": 4, "repeats": 1, "warmup_tokens": 1, "threads": 1},
+        "evaluation": {"windows": 1, "seq_len": 64},
+        "sample": {"new_tokens": 4},
+        "variants": [{"name": "bf16", "dtype": "bfloat16"}],
+    })
+    report = run_bench(suite, tmp_path / "report", isolation="fork")
+    base, bf16 = _v(report, "base"), _v(report, "bf16")
+    assert base["status"] == bf16["status"] == "ok"
+    assert base["quality"]["parameters"] == bf16["quality"]["parameters"] > 100e6
+    assert 1 < base["quality"]["perplexity"] < 100
+    assert bf16["quality"]["kl_mean"] < 0.05 and bf16["quality"]["top1_agreement"] > 0.9
+    assert bf16["size"] == base["size"]  # the same checkpoint, loaded in another dtype
+    assert validate(report) == []

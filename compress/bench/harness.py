@@ -306,7 +306,8 @@ def prompt_text(suite: Suite) -> tuple[str, dict]:
     from ..data import TextSpec, load_text
 
     loaded = load_text(TextSpec(source=suite.settings.prompt_text, split="evaluation"))
-    return loaded.text[:200_000], loaded.provenance
+    # Enough characters for the longest prompt (tokens are rarely under 2 characters), not the whole text.
+    return loaded.text[: 16 * max(suite.settings.prompt_lens) + 2000], loaded.provenance
 
 
 def run_bench(suite: Suite, output: str | Path, force: bool = False, work_dir: str | Path | None = None,

@@ -48,7 +48,8 @@ def bench_run(tmp_path_factory, tiny_llama_dir, tiny_onnx_dir):
     crash_speed = shutil.copytree(tiny_llama_dir, root / "crash-speed")
     suite = Suite.from_dict({
         "base": str(tiny_llama_dir),
-        "settings": {"prompt_lens": [8, 16], "new_tokens": 6, "repeats": 2, "warmup_tokens": 2, "threads": 1},
+        "settings": {"prompt_lens": [8, 16], "new_tokens": 6, "repeats": 2, "warmup_tokens": 2, "threads": 1,
+                     "prefill_repeats": 2},
         "evaluation": EVAL,
         "sample": {"new_tokens": 5},
         "variants": [
@@ -112,6 +113,7 @@ def test_every_metric_is_produced_and_in_range_for_working_variants(bench_run):
             assert p["decode_tokens_per_s"]["min"] > 0 and p["decode_steps"] == 5
             assert 0 < p["per_token_ms"]["p50"] <= p["per_token_ms"]["p90"] <= p["per_token_ms"]["p99"]
         assert all(len(r["prompts"][0]["decode_step_s"]) == 5 for r in sp["runs"])
+        assert all(len(p["prefill_all_s"]) == 2 for r in sp["runs"] for p in r["prompts"])
         assert 1 < q["perplexity"] < 1e4 and q["tokens"] == 2 * 31
         assert -1e-6 <= q["kl_mean"] and 0 <= q["top1_agreement"] <= 1
         assert isinstance(q["sample"], str) and q["sample"]

@@ -413,7 +413,7 @@ def _speed(variants: list[Variant], suite: Suite, workers: Workers, text: str) -
                 bar.set_postfix_str(f"{v.name} (repeat {r + 1})")
                 job = {"name": v.name, "path": v.path, "backend": v.backend, "device": v.device, "dtype": v.dtype,
                        "prompt_text": text, "prompt_lens": s.prompt_lens, "new_tokens": s.new_tokens,
-                       "warmup_tokens": s.warmup_tokens}
+                       "warmup_tokens": s.warmup_tokens, "prefill_repeats": s.prefill_repeats}
                 res = workers.run("speed", job)
                 done = res.result_for(v.name)
                 if done is None:

@@ -207,7 +207,8 @@ def to_markdown(report: dict, plot_file: str | None = None) -> str:
         f"- **Versions**: {versions}",
         f"- **Speed settings**: batch 1, prompt {', '.join(map(str, s['prompt_lens']))} tokens, "
         f"{s['new_tokens']} new tokens (greedy), warm-up of one prefill + {s['warmup_tokens']} decode steps, "
-        f"{s['repeats']} repeats, each in a fresh process, variants interleaved round-robin. Timings: median [min–max] over repeats.",
+        f"{s['repeats']} repeats, each in a fresh process, variants interleaved round-robin; in each process the prefill is "
+        f"timed {s.get('prefill_repeats', 1)} times and its median kept. Timings: median [min–max] over repeats.",
         f"- **Quality settings**: {ev.get('source')} ({ev.get('split')} split), {data.get('windows', ev.get('windows'))} windows of "
         f"{ev.get('seq_len')} tokens ({data.get('scored_tokens', 'n/a')} scored tokens, sha256 {data.get('sha256', 'n/a')}); "
         "perplexity is token-level; KL is mean KL(base ‖ variant) per token; top-1 is the share of positions "

@@ -5,7 +5,8 @@ Modes:
 * ``build``: apply a variant's passes to its model and save it (so the
   measuring processes load a plain saved output, like any other variant);
 * ``speed``: load one variant, warm up, then time the prefill (time to first
-  token) and every decode step at each prompt length; report load time and
+  token; ``prefill_repeats`` times, the median kept) and every decode step at
+  each prompt length; report load time and
   memory. One process per (variant, repeat), so no variant inherits another's
   caches, allocator state or page cache warmth inside the process;
 * ``quality``: perplexity, divergence from the base on the same windows, a
@@ -126,7 +127,7 @@ def run_speed(job: dict, events: Events) -> None:
     import torch
 
     from .backends import Runner, load_model
-    from .metrics import current_rss_bytes, peak_rss_bytes
+    from .metrics import current_rss_bytes, peak_rss_bytes, percentile
 
     name = job["name"]
     events.emit("start", name)
@@ -158,11 +159,15 @@ def run_speed(job: dict, events: Events) -> None:
 
     measured = []
     for n, ids in prompts.items():
-        runner.sync()
-        t0 = time.perf_counter()
-        token, state = runner.prefill(ids)
-        runner.sync()
-        prefill_s = time.perf_counter() - t0
+        prefill_all = []
+        for i in range(max(1, int(job.get("prefill_repeats", 1)))):
+            if i:
+                del token, state
+            runner.sync()
+            t0 = time.perf_counter()
+            token, state = runner.prefill(ids)
+            runner.sync()
+            prefill_all.append(time.perf_counter() - t0)
         steps = []
         generated = [token]
         for _ in range(new_tokens - 1):
@@ -171,7 +176,9 @@ def run_speed(job: dict, events: Events) -> None:
             runner.sync()
             steps.append(time.perf_counter() - t0)
             generated.append(token)
-        measured.append({"prompt_len": n, "prefill_s": prefill_s, "decode_step_s": steps,
+        # The process's prefill time is the median of its timed prefills (robust to one preempted run).
+        measured.append({"prompt_len": n, "prefill_s": percentile(prefill_all, 50), "prefill_all_s": prefill_all,
+                         "decode_step_s": steps,
                          "first_tokens": [int(t) for t in generated[:8]]})
         del token, state
 

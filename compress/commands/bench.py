@@ -23,6 +23,8 @@ from ..data import BUILTIN
 @click.option("--new-tokens", type=int, default=None, help="Tokens generated after the prompt [default: 64].")
 @click.option("--repeats", type=int, default=None, help="Timed runs per variant, each in a fresh process [default: 5].")
 @click.option("--warmup-tokens", type=int, default=None, help="Decode steps in the warm-up, after one prefill [default: 8].")
+@click.option("--prefill-repeats", type=int, default=None,
+              help="Prefills timed in each process; the median is that repeat's value [default: 3].")
 @click.option("--threads", type=int, default=None, help="Threads per measurement [default: all cores].")
 @click.option("--eval-text", default=None, help=f"Evaluation text: '{BUILTIN}', a .txt/.jsonl/.parquet file or hf:NAME[@CONFIG][:SPLIT].")
 @click.option("--eval-split", type=click.Choice(["calibration", "evaluation", "all"]), default=None,
@@ -68,7 +70,7 @@ def command(variants, suite, output, force, work_dir, **options) -> None:
     if options["base"]:
         data["base"] = options["base"]
     settings = data["settings"]
-    for key in ("backend", "device", "dtype", "new_tokens", "repeats", "warmup_tokens", "threads"):
+    for key in ("backend", "device", "dtype", "new_tokens", "repeats", "warmup_tokens", "prefill_repeats", "threads"):
         if options[key] is not None:
             settings[key] = options[key]
     if options["prompt_lens"]:

@@ -96,6 +96,12 @@ def test_report_files_are_written_and_the_json_matches_its_schema(bench_run):
     rows = list(csv.DictReader(io.StringIO((out / "bench.csv").read_text())))
     assert {r["name"] for r in rows} == {v["name"] for v in report["variants"]}
     assert len([r for r in rows if r["name"] == "base"]) == 2  # one row per prompt length
+    # The human reports are a pure function of bench.json: re-rendering gives the same Markdown.
+    from compress.bench.report import render
+
+    md = (out / "bench.md").read_text()
+    render(out)
+    assert (out / "bench.md").read_text() == md and "**Noise**" in md
 
 
 def test_every_metric_is_produced_and_in_range_for_working_variants(bench_run):

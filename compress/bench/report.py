@@ -242,6 +242,9 @@ def to_markdown(report: dict, plot_file: str | None = None) -> str:
             if sp and sp.get("cuda_max_allocated_bytes"):
                 lines.append(f"- {v['name']}: {_f(_mb(_median(sp['cuda_max_allocated_bytes'])), '{:.0f}')} / "
                              f"{_f(_mb(_median(sp['cuda_max_reserved_bytes'])), '{:.0f}')}")
+    noise = _noise_line(report)
+    if noise:
+        lines += ["", noise]
     lines += [
         "",
         "## Size and quality",
@@ -275,6 +278,35 @@ def to_markdown(report: dict, plot_file: str | None = None) -> str:
                 lines.append(f"- **{name}**: {shown}")
     lines += ["", "Raw values (every repeat, every decode step) are in bench.json; one row per variant in bench.csv.", ""]
     return "\n".join(lines)
+
+
+def _noise_line(report: dict) -> str | None:
+    """How much the same variant's timings moved between repeats: the scale below which ratios mean little."""
+    spreads = []
+    for v in report["variants"]:
+        sp = v.get("speed")
+        if not sp or sp["repeats"] < 2:
+            continue
+        for p in sp["prompts"]:
+            for key in ("prefill_ms", "decode_tokens_per_s"):
+                s = p[key]
+                if s.get("min"):
+                    spreads.append((s["max"] / s["min"], v["name"], key))
+    if not spreads:
+        return None
+    worst = max(spreads)
+    label = {"prefill_ms": "prefill time", "decode_tokens_per_s": "decode speed"}[worst[2]]
+    return (f"**Noise**: between repeats of the same variant, timings moved by up to {worst[0]:.2f}× "
+            f"({label} of {worst[1]}; max/min). Ratios closer to 1 than that spread are not a measured difference.")
+
+
+def render(directory: str | Path) -> None:
+    """Rewrite bench.md, bench.csv and bench.png of a report directory from its bench.json."""
+    directory = Path(directory)
+    report = json.loads((directory / "bench.json").read_text())
+    (directory / "bench.csv").write_text(to_csv(report))
+    plotted = plot(report, directory / "bench.png")
+    (directory / "bench.md").write_text(to_markdown(report, plot_file="bench.png" if plotted else None))
 
 
 def _scaled(s: dict | None, factor: float) -> dict | None:
@@ -344,3 +376,10 @@ def plot(report: dict, path: Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+if __name__ == "__main__":  # python -m compress.bench.report DIR: re-render a report from its bench.json
+    import sys
+
+    for d in sys.argv[1:]:
+        render(d)

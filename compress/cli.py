@@ -21,6 +21,7 @@ from .progress import configure
 COMMAND_MODULES: list[str] = [
     "prune",
     "distill",
+    "bench",
 ]
 
 _state = {"verbose": False}

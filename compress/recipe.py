@@ -34,6 +34,23 @@ from .progress import log
 from .saving import save_artifact
 
 
+def read_yaml_mapping(path: str | Path, what: str, missing_hint: str, expected: str) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping; one-line UserErrors for a missing file, bad YAML, wrong shape."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist; {missing_hint}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise UserError(f"{what} {path} is not valid YAML{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{what} {path} must be {expected}")
+    return data
+
+
 class EvaluationData(TextSpec):
     """Evaluation text: by default the built-in corpus's evaluation half, 16 windows of 1024 tokens."""
 
@@ -78,18 +95,8 @@ class Recipe(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Recipe":
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"recipe {path} does not exist; give the path of a YAML recipe (see configs/)")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or "invalid YAML"
-            raise UserError(f"recipe {path} is not valid YAML{where}: {problem}") from None
-        if not isinstance(data, dict):
-            raise UserError(f"recipe {path} must be a YAML mapping with a 'passes' list")
+        data = read_yaml_mapping(path, "recipe", "give the path of a YAML recipe (see configs/)",
+                                 "a YAML mapping with a 'passes' list")
         return cls.from_dict(data, where=f"recipe {path}")
 
     @classmethod

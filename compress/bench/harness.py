@@ -1,0 +1,516 @@
+"""Run a suite: check every variant, build the recipes, time them round-robin, measure quality.
+
+Order of work, chosen so that a bad variant costs as little as possible and
+never stops the others:
+
+1. *Plan* (seconds, no model loaded): resolve each variant's model, validate its
+   passes, pick its backend, check that the backend can run here and that the
+   prompt fits the model's context. A variant that fails here is marked failed
+   with one line and skipped from then on.
+2. *Build*: each recipe variant is applied to its model in its own process and
+   saved to a work directory, then planned again like a saved output.
+3. *Speed*: ``repeats`` rounds; in each round every variant runs once, each in
+   a fresh process, the order rotated by one each round. Interleaving spreads
+   slow drift of the machine (other jobs, thermal state) over all variants
+   instead of loading it onto whichever ran last.
+4. *Quality*: one process computes the base's logits once and compares every
+   variant with them on the same windows; if it dies, the variant it was on is
+   marked failed and a fresh process carries on with the rest.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import UserError
+from ..progress import log, progress
+from .spec import BASE_NAME, Suite, VariantSpec
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Variant:
+    """A variant as the run sees it: its spec, where it is, and everything measured."""
+
+    spec: VariantSpec
+    model_ref: str
+    backend: str | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    path: str | None = None
+    source: dict[str, Any] = field(default_factory=dict)
+    errors: list[dict[str, str]] = field(default_factory=list)
+    build: dict[str, Any] | None = None
+    speed_runs: list[dict[str, Any]] = field(default_factory=list)
+    quality: dict[str, Any] | None = None
+    size: dict[str, int] | None = None
+    _failed_early: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def runnable(self) -> bool:
+        return not self._failed_early
+
+    def fail(self, stage: str, message: str, fatal: bool = True) -> None:
+        self.errors.append({"stage": stage, "error": message})
+        if fatal:
+            self._failed_early = True
+        log.warning(f"{self.name}: {stage} failed: {message}")
+
+    @property
+    def status(self) -> str:
+        if not self.errors:
+            return "ok"
+        measured = bool(self.speed_runs) or self.quality is not None
+        return "partial" if measured else "failed"
+
+
+# --------------------------------------------------------------------------- workers
+
+
+class WorkerResult:
+    def __init__(self, events: list[dict], returncode: int | None, stderr_tail: str, timed_out: bool):
+        self.events, self.returncode, self.stderr_tail, self.timed_out = events, returncode, stderr_tail, timed_out
+
+    def result_for(self, name: str | None) -> dict | None:
+        return next((e for e in self.events if e["event"] == "result" and e.get("name") == name), None)
+
+    def error_for(self, name: str | None) -> str | None:
+        found = next((e for e in self.events if e["event"] == "error" and e.get("name") == name), None)
+        if found is None:  # a job-level failure applies to every variant of the job
+            found = next((e for e in self.events if e["event"] == "error" and e.get("name") is None), None)
+        return found["error"] if found else None
+
+    def crash_message(self, timeout: float) -> str:
+        if self.timed_out:
+            return f"the worker ran longer than {timeout:.0f} s and was stopped (raise settings.timeout_s)"
+        lines = [ln for ln in self.stderr_tail.strip().splitlines() if ln.strip()]
+        last = lines[-1].strip() if lines else "no output"
+        return f"the worker process died (exit code {self.returncode}): {last[:300]}"
+
+
+class Workers:
+    """Starts `python -m compress.bench.worker` processes and collects their events."""
+
+    def __init__(self, scratch: Path, threads: int | None, timeout: float, verbose: bool = False,
+                 isolation: str = "exec"):
+        if isolation not in ("exec", "fork"):
+            raise ValueError(f"isolation must be 'exec' or 'fork', got {isolation!r}")
+        self.scratch = scratch
+        self.threads = threads
+        self.timeout = timeout
+        self.verbose = verbose
+        # exec: a new interpreter per measurement (the default; nothing is inherited).
+        # fork: a forked child of this process, which inherits its imports: a fresh process
+        # without the import cost, for the test suite; peak RSS then includes what the parent held.
+        self.isolation = isolation
+        self._count = 0
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # The child imports the same compress as this process, wherever it is run from.
+        env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        if self.threads:
+            env["OMP_NUM_THREADS"] = str(self.threads)
+        return env
+
+    def run(self, mode: str, job: dict, on_event: Callable[[dict], None] | None = None) -> WorkerResult:
+        self._count += 1
+        stem = self.scratch / f"{self._count:04d}-{mode}"
+        job_path, events_path, log_path = stem.with_suffix(".json"), stem.with_suffix(".jsonl"), stem.with_suffix(".log")
+        job_path.write_text(json.dumps({**job, "threads": self.threads, "progress": self.verbose}, default=str))
+        events_path.write_text("")
+        args = [mode, str(job_path), str(events_path)]
+        events: list[dict] = []
+        seen = 0
+        timed_out = False
+        with open(log_path, "w") as err:
+            proc = self._start(args, err)
+            start = time.monotonic()
+            while True:
+                done = proc.finished(0.5)
+                seen = self._read_events(events_path, events, seen, on_event)
+                if done:
+                    break
+                if time.monotonic() - start > self.timeout:
+                    proc.kill()  # only the worker this call started
+                    timed_out = True
+                    seen = self._read_events(events_path, events, seen, on_event)
+                    break
+        tail = log_path.read_text(errors="replace")[-4000:]
+        return WorkerResult(events, proc.returncode, tail, timed_out)
+
+    def _start(self, args: list[str], err) -> "_Process":
+        if self.isolation == "exec":
+            cmd = [sys.executable, "-m", "compress.bench.worker", *args]
+            return _Process(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=self.env(),
+                                             cwd=str(self.scratch)))
+        import multiprocessing
+
+        child = multiprocessing.get_context("fork").Process(target=_forked_worker, args=(args, err.fileno(), self.threads))
+        child.start()
+        return _Process(child)
+
+    @staticmethod
+    def _read_events(path: Path, events: list[dict], seen: int, on_event) -> int:
+        lines = path.read_text().splitlines()
+        for line in lines[seen:]:
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:  # a line being written; read it next time
+                return seen
+            events.append(event)
+            if on_event:
+                on_event(event)
+            seen += 1
+        return seen
+
+
+class _Process:
+    """The same three calls over a subprocess.Popen or a multiprocessing.Process."""
+
+    def __init__(self, proc):
+        self.proc = proc
+
+    def finished(self, wait: float) -> bool:
+        if isinstance(self.proc, subprocess.Popen):
+            try:
+                self.proc.wait(timeout=wait)
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+        self.proc.join(wait)
+        return not self.proc.is_alive()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        if isinstance(self.proc, subprocess.Popen):
+            self.proc.wait()
+        else:
+            self.proc.join()
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode if isinstance(self.proc, subprocess.Popen) else self.proc.exitcode
+
+
+def _forked_worker(args: list[str], err_fd: int, threads: int | None) -> None:
+    os.dup2(err_fd, 2)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    from .worker import main
+
+    code = main(args)
+    sys.stderr.flush()
+    os._exit(code)
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def _resolve_path(ref: str) -> tuple[str, dict]:
+    """A loadable path (or hub id) and a description, for any model reference."""
+    from ..models import converted_gguf_dir, resolve_source
+
+    source = resolve_source(ref)
+    if source.kind in ("builtin", "gguf"):
+        return str(converted_gguf_dir(source.path)), source.describe()
+    if source.kind == "local":
+        return str(source.path), source.describe()
+    return source.ref, source.describe()
+
+
+def _check_runnable(v: Variant, suite: Suite) -> None:
+    """Backend availability and context length; raises UserError with the variant's one line."""
+    from .backends import check_available, context_length, has_onnx, has_torch_weights
+
+    if v.backend is None:
+        v.backend = "onnxruntime" if has_onnx(v.path) and not has_torch_weights(v.path) else "pytorch"
+    local = v.path if v.path and Path(v.path).exists() else None
+    check_available(v.backend, v.device, v.dtype, local)
+    ctx = context_length(local)
+    needed = max(suite.settings.prompt_lens) + suite.settings.new_tokens
+    if ctx is not None and needed > ctx:
+        raise UserError(
+            f"a prompt of {max(suite.settings.prompt_lens)} tokens plus {suite.settings.new_tokens} new tokens "
+            f"needs {needed} positions but the model's context is {ctx} tokens; use a shorter --prompt-len or --new-tokens"
+        )
+
+
+def plan(suite: Suite) -> list[Variant]:
+    """Every variant, base first, each checked without loading a model."""
+    from ..data import check_disjoint
+    from ..recipe import Recipe
+    from .backends import normalize_dtype
+
+    s = suite.settings
+    specs = [VariantSpec(name=BASE_NAME, model=suite.base)] + list(suite.variants)
+    variants = []
+    for spec in specs:
+        v = Variant(spec=spec, model_ref=spec.model or suite.base, backend=spec.backend or s.backend,
+                    device=spec.device or s.device, dtype=s.dtype)
+        variants.append(v)
+        try:
+            v.dtype = normalize_dtype(spec.dtype or s.dtype)
+            path, source = _resolve_path(v.model_ref)
+            v.source = {**source, "recipe": spec.describe()} if spec.is_recipe else source
+            if spec.is_recipe:
+                recipe = (Recipe.from_yaml(spec.recipe) if spec.recipe
+                          else Recipe.from_dict({"passes": spec.passes, "evaluation": None}, where=f"variant {spec.name}"))
+                calibration = recipe.calibration if spec.recipe else suite.calibration
+                if any(p.needs_calibration for p in recipe.passes):
+                    check_disjoint(calibration, suite.evaluation)
+                v.source["passes"] = [{p.name: p.config()} for p in recipe.passes]
+                v.path = None  # set once built
+                if not Path(path).exists():
+                    raise UserError(f"recipes need a local model to apply passes to; {v.model_ref} is not local")
+                v.build = {"input": path}
+            else:
+                v.path = path
+                _check_runnable(v, suite)
+        except UserError as exc:
+            v.fail("plan", str(exc))
+    return variants
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _short_sha(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def prompt_text(suite: Suite) -> tuple[str, dict]:
+    """Text the prompts are cut from: the evaluation part of settings.prompt_text."""
+    from ..data import TextSpec, load_text
+
+    loaded = load_text(TextSpec(source=suite.settings.prompt_text, split="evaluation"))
+    # Enough characters for the longest prompt (tokens are rarely under 2 characters), not the whole text.
+    return loaded.text[: 16 * max(suite.settings.prompt_lens) + 2000], loaded.provenance
+
+
+def run_bench(suite: Suite, output: str | Path, force: bool = False, work_dir: str | Path | None = None,
+              command: str | None = None, verbose: bool = False, isolation: str = "exec") -> dict:
+    """Measure every variant of `suite` and write the reports to `output`. Returns the JSON report.
+
+    `isolation="fork"` forks workers from this process instead of starting new
+    interpreters: faster, meant for tests (see `Workers`).
+    """
+    from ..saving import check_output_path
+    from .metrics import directory_size, environment, load_average
+    from .report import write_reports
+
+    output = check_output_path(output, force)
+    started = time.time()
+    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    load_start = load_average()
+    s = suite.settings
+
+    variants = plan(suite)
+    if not any(v.runnable for v in variants):
+        lines = "; ".join(f"{v.name}: {v.errors[-1]['error']}" for v in variants)
+        raise UserError(f"no variant can run: {lines}")
+    text, text_provenance = prompt_text(suite)
+
+    keep = work_dir is not None
+    work = Path(work_dir) if keep else Path(tempfile.mkdtemp(prefix="compress-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="jobs-", dir=work))
+    workers = Workers(scratch, s.threads, s.timeout_s, verbose, isolation)
+    try:
+        _build(variants, suite, workers, work)
+        _speed(variants, suite, workers, text)
+        evaluation_data = _quality(variants, suite, workers) if s.quality else None
+        for v in variants:
+            if v.path and Path(v.path).exists():
+                v.size = directory_size(v.path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    report = {
+        "format": "compress-bench/1",
+        "created": created,
+        "command": command,
+        "seconds": round(time.time() - started, 1),
+        "isolation": isolation,
+        "base": BASE_NAME,
+        "settings": {
+            **s.model_dump(mode="json"),
+            "order": "round-robin: every repeat runs each variant once, in a fresh process; the order rotates by one each repeat",
+            "prompt_source": text_provenance,
+            "evaluation": suite.evaluation.model_dump(mode="json"),
+            "sample": suite.sample.model_dump(mode="json"),
+        },
+        "environment": {**environment(), "load_average_start": load_start, "load_average_end": load_average()},
+        "variants": [variant_record(v) for v in variants],
+    }
+    if evaluation_data:
+        report["settings"]["evaluation_data"] = evaluation_data
+    from .report import add_ratios
+
+    add_ratios(report)
+    write_reports(report, output, force=force)
+    return report
+
+
+def _build(variants: list[Variant], suite: Suite, workers: Workers, work: Path) -> None:
+    todo = [v for v in variants if v.runnable and v.spec.is_recipe]
+    for i, v in enumerate(todo, 1):
+        log.info(f"[build {i}/{len(todo)}] {v.name}: {v.spec.describe()}")
+        out = work / v.name
+        job = {"name": v.name, "model": v.build["input"], "passes": v.spec.passes, "recipe": v.spec.recipe,
+               "calibration": suite.calibration.model_dump(mode="json"), "output": str(out)}
+        res = workers.run("build", job)
+        done = res.result_for(v.name)
+        if done is None:
+            v.fail("build", res.error_for(v.name) or res.crash_message(workers.timeout))
+            continue
+        v.build.update(seconds=done["seconds"], passes=done["passes"])
+        v.path = str(out)
+        try:
+            _check_runnable(v, suite)
+        except UserError as exc:
+            v.fail("plan", str(exc))
+
+
+def _speed(variants: list[Variant], suite: Suite, workers: Workers, text: str) -> None:
+    s = suite.settings
+    runnable = [v for v in variants if v.runnable]
+    total = s.repeats * len(runnable)
+    log.info(f"Timing {len(runnable)} variants x {s.repeats} repeats, each in a fresh process "
+             f"(prompt {', '.join(map(str, s.prompt_lens))} tokens, {s.new_tokens} new tokens)")
+    bar = progress(total=total, desc="speed", unit="run")
+    try:
+        for r in range(s.repeats):
+            order = runnable[r % len(runnable):] + runnable[: r % len(runnable)] if runnable else []
+            for v in order:
+                if not v.runnable:
+                    bar.update(1)
+                    continue
+                bar.set_postfix_str(f"{v.name} (repeat {r + 1})")
+                job = {"name": v.name, "path": v.path, "backend": v.backend, "device": v.device, "dtype": v.dtype,
+                       "prompt_text": text, "prompt_lens": s.prompt_lens, "new_tokens": s.new_tokens,
+                       "warmup_tokens": s.warmup_tokens, "prefill_repeats": s.prefill_repeats}
+                res = workers.run("speed", job)
+                done = res.result_for(v.name)
+                if done is None:
+                    v.fail("speed", res.error_for(v.name) or res.crash_message(workers.timeout))
+                else:
+                    done = {k: val for k, val in done.items() if k not in ("event", "name")}
+                    v.speed_runs.append({"repeat": r + 1, **done})
+                    p = done["prompts"][0]
+                    rate = (len(p["decode_step_s"]) / sum(p["decode_step_s"])) if p["decode_step_s"] else float("nan")
+                    log.debug(f"{v.name} repeat {r + 1}: prefill {p['prefill_s'] * 1000:.0f} ms, decode {rate:.1f} tok/s")
+                bar.update(1)
+    finally:
+        bar.close()
+
+
+def _quality(variants: list[Variant], suite: Suite, workers: Workers) -> dict | None:
+    """Perplexity, divergence and a sample for every variant; returns the windows' provenance."""
+    base = variants[0]
+    todo = [v for v in variants if v.runnable or v.speed_runs]
+    data: dict = {}
+    if not todo:
+        return None
+    if base.path is None or base.errors and base.errors[0]["stage"] == "plan":
+        for v in todo:
+            v.fail("quality", "the base model could not be loaded, so there is nothing to compare with", fatal=False)
+        return None
+    reference = {"path": base.path, "backend": base.backend or "pytorch"}
+    log.info(f"Quality: {len(todo)} variants on {suite.evaluation.windows or 'all'} windows of "
+             f"{suite.evaluation.seq_len} tokens from {suite.evaluation.source} ({suite.evaluation.split} split)")
+    bar = progress(total=len(todo), desc="quality", unit="variant")
+
+    def on_event(e: dict) -> None:
+        if e["event"] == "start":
+            bar.set_postfix_str(e["name"])
+        elif e["event"] in ("result", "error") and e.get("name"):
+            bar.update(1)
+        elif e["event"] == "windows":
+            data.update(e["data"], cached_base_logits=e.get("cached_base_logits"))
+
+    try:
+        while todo:
+            job = {"reference": reference, "evaluation": suite.evaluation.model_dump(mode="json"),
+                   "sample": suite.sample.model_dump(mode="json"),
+                   "variants": [{"name": v.name, "path": v.path, "backend": v.backend, "device": v.device,
+                                 "dtype": v.dtype} for v in todo]}
+            res = workers.run("quality", job, on_event)
+            finished = set()
+            for v in todo:
+                done = res.result_for(v.name)
+                err = next((e["error"] for e in res.events if e["event"] == "error" and e.get("name") == v.name), None)
+                if done is not None:
+                    v.quality = {k: val for k, val in done.items() if k not in ("event", "name")}
+                    finished.add(v.name)
+                elif err is not None:
+                    v.fail("quality", err, fatal=False)
+                    finished.add(v.name)
+            job_error = res.error_for(None)
+            started = [e["name"] for e in res.events if e["event"] == "start"]
+            crashed = next((n for n in started if n not in finished), None)
+            if job_error is not None and crashed is None:
+                # The base itself could not be evaluated: no variant can be compared.
+                for v in todo:
+                    if v.name not in finished:
+                        v.fail("quality", job_error, fatal=False)
+                return data or None
+            if crashed is not None:
+                victim = next(v for v in todo if v.name == crashed)
+                victim.fail("quality", res.crash_message(workers.timeout), fatal=False)
+                finished.add(crashed)
+                bar.update(1)
+            remaining = [v for v in todo if v.name not in finished]
+            if len(remaining) == len(todo):  # no progress at all: stop rather than loop
+                for v in remaining:
+                    v.fail("quality", res.crash_message(workers.timeout), fatal=False)
+                break
+            todo = remaining
+    finally:
+        bar.close()
+    return data or None
+
+
+def variant_record(v: Variant) -> dict[str, Any]:
+    """The JSON form of one variant: raw runs plus summaries (see schema.json)."""
+    from .report import summarize_speed
+
+    return {
+        "name": v.name,
+        "status": v.status,
+        "errors": v.errors,
+        "description": v.spec.describe(),
+        "source": v.source,
+        "backend": v.backend,
+        "device": v.device,
+        "dtype": v.dtype,
+        "path": v.path,
+        "build": v.build,
+        "size": v.size,
+        "speed": summarize_speed(v.speed_runs) if v.speed_runs else None,
+        "quality": v.quality,
+    }

@@ -1,0 +1,142 @@
+"""Measurements that do not depend on a backend: statistics, memory, disk size, environment.
+
+Timings are kept raw (every repeat, every decode step) and summarised as
+min / median / max (the spread the report shows) plus percentiles for per-token
+latency. Percentiles use linear interpolation between order statistics, the
+same rule as ``numpy.percentile``'s default, written out here so the worker
+needs nothing beyond the standard library to summarise.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import resource
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+# Files that hold a model's weights, for "size on disk" (tokenizer and config files are
+# counted separately in the directory total).
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".onnx_data", ".data", ".gguf")
+
+
+def percentile(values: Iterable[float], q: float) -> float:
+    """The q-th percentile (0..100) with linear interpolation; NaN for no values."""
+    xs = sorted(float(v) for v in values)
+    if not xs:
+        return math.nan
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile must be within 0..100, got {q}")
+    pos = (len(xs) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def summarize(values: Iterable[float], keep_values: bool = True) -> dict[str, Any]:
+    """min / median / max / mean of a list of measurements (and the values themselves)."""
+    xs = [float(v) for v in values]
+    if not xs:
+        return {"n": 0, "min": None, "median": None, "max": None, "mean": None, **({"values": []} if keep_values else {})}
+    out = {"n": len(xs), "min": min(xs), "median": percentile(xs, 50), "max": max(xs), "mean": sum(xs) / len(xs)}
+    if keep_values:
+        out["values"] = xs
+    return out
+
+
+def latency_percentiles(seconds: Iterable[float]) -> dict[str, float | None]:
+    """p50/p90/p99 of per-token latencies, in milliseconds."""
+    xs = [1000.0 * s for s in seconds]
+    if not xs:
+        return {"p50": None, "p90": None, "p99": None}
+    return {"p50": percentile(xs, 50), "p90": percentile(xs, 90), "p99": percentile(xs, 99)}
+
+
+def current_rss_bytes() -> int:
+    """Resident set size of this process now (Linux /proc; psutil elsewhere)."""
+    statm = Path("/proc/self/statm")
+    if statm.exists():
+        pages = int(statm.read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
+def directory_size(path: str | os.PathLike | None) -> dict[str, int] | None:
+    """Bytes of weight files and of everything in a model directory (None for a hub id)."""
+    if path is None:
+        return None
+    root = Path(path)
+    if root.is_file():
+        size = root.stat().st_size
+        return {"weights_bytes": size, "total_bytes": size}
+    if not root.is_dir():
+        return None
+    weights = total = 0
+    for f in root.rglob("*"):
+        if f.is_file():
+            size = f.stat().st_size
+            total += size
+            if f.name.endswith(WEIGHT_SUFFIXES):
+                weights += size
+    return {"weights_bytes": weights, "total_bytes": total}
+
+
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict[str, Any]:
+    """Where the numbers were measured: CPU, cores, GPU, threads, library versions, load."""
+    import torch
+
+    from ..saving import library_versions
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count() or 1
+    env: dict[str, Any] = {
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "usable_cores": usable,
+        "torch_threads_default": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "memory_bytes": _total_memory(),
+        "gpu": None,
+        "versions": library_versions(),
+    }
+    if torch.cuda.is_available():
+        env["gpu"] = {"name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count(),
+                      "cuda": torch.version.cuda}
+    return env
+
+
+def _total_memory() -> int | None:
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None

@@ -1,0 +1,345 @@
+"""One measurement in a fresh process: ``python -m compress.bench.worker MODE JOB.json EVENTS.jsonl``.
+
+Modes:
+
+* ``build``: apply a variant's passes to its model and save it (so the
+  measuring processes load a plain saved output, like any other variant);
+* ``speed``: load one variant, warm up, then time the prefill (time to first
+  token; ``prefill_repeats`` times, the median kept) and every decode step at
+  each prompt length; report load time and
+  memory. One process per (variant, repeat), so no variant inherits another's
+  caches, allocator state or page cache warmth inside the process;
+* ``quality``: perplexity, divergence from the base on the same windows, a
+  greedy sample, and parameter counts, for a list of variants. The base's
+  logits are computed once and replayed for every variant.
+
+The worker writes JSON lines: ``{"event": "start", "name": ...}`` before a
+variant, then ``{"event": "result", ...}`` or ``{"event": "error", "error":
+one line}``. A worker that dies leaves a ``start`` with no result, which tells
+the parent which variant crashed.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+
+# Above this, the base's logits are recomputed for each variant instead of kept in memory.
+LOGITS_CACHE_LIMIT = 2 * 1024**3
+
+
+class Events:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def emit(self, event: str, name: str | None = None, **data: Any) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"event": event, "name": name, **data}, default=_jsonable) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _jsonable(x):
+    if hasattr(x, "item"):
+        return x.item()
+    return str(x)
+
+
+def error_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    if isinstance(exc, UserError):
+        return first or type(exc).__name__
+    return f"{type(exc).__name__}: {first}"[:500] if first else type(exc).__name__
+
+
+def _set_threads(threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+def _load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def _prompt_ids(tokenizer, text: str, length: int):
+    import torch
+
+    from ..data import tokenize
+
+    ids = tokenize(tokenizer, text)
+    if len(ids) < length:
+        raise UserError(f"the prompt text has only {len(ids)} tokens, fewer than the prompt length {length}; use a longer text")
+    return torch.tensor([ids[:length]], dtype=torch.long)
+
+
+def check_context(model_config, tokens: int, what: str) -> None:
+    from .backends import context_from_config
+
+    ctx = context_from_config(model_config)
+    if ctx is not None and tokens > ctx:
+        raise UserError(f"{what} needs {tokens} positions but the model's context is {ctx} tokens; use a shorter length")
+
+
+# --------------------------------------------------------------------------- build
+
+
+def run_build(job: dict, events: Events) -> None:
+    from ..models import load_artifact
+    from ..passes.base import CalibrationData, PassContext
+    from ..recipe import Recipe
+    from ..saving import save_artifact
+
+    name = job["name"]
+    events.emit("start", name)
+    start = time.perf_counter()
+    if job.get("recipe"):
+        recipe = Recipe.from_yaml(job["recipe"])
+        passes, calibration = recipe.passes, recipe.calibration
+    else:
+        recipe = Recipe.from_dict({"passes": job["passes"], "evaluation": None}, where=f"variant {name}")
+        passes, calibration = recipe.passes, CalibrationData(**job["calibration"])
+    artifact = load_artifact(job["model"])
+    ctx = PassContext(calibration=calibration)
+    for p in passes:
+        artifact = p(artifact, ctx, inplace=True)
+    save_artifact(artifact, job["output"], force=True)
+    events.emit("result", name, seconds=round(time.perf_counter() - start, 2),
+                passes=[{"name": r["name"], "config": r["config"], "seconds": r["seconds"]} for r in artifact.passes])
+
+
+# --------------------------------------------------------------------------- speed
+
+
+def run_speed(job: dict, events: Events) -> None:
+    import torch
+
+    from .backends import Runner, load_model
+    from .metrics import current_rss_bytes, peak_rss_bytes, percentile
+
+    name = job["name"]
+    events.emit("start", name)
+    _set_threads(job.get("threads"))
+    backend, device, dtype = job["backend"], job["device"], job["dtype"]
+    tokenizer = _load_tokenizer(job["path"])
+    prompts = {n: _prompt_ids(tokenizer, job["prompt_text"], n) for n in job["prompt_lens"]}
+
+    rss_before = current_rss_bytes()
+    start = time.perf_counter()
+    model = load_model(backend, job["path"], device, dtype, threads=job.get("threads"))
+    runner = Runner(model, backend, device)
+    runner.sync()
+    load_s = time.perf_counter() - start
+    rss_after = current_rss_bytes()
+    new_tokens = int(job["new_tokens"])
+    for n in prompts:
+        check_context(model.config, n + new_tokens, f"a prompt of {n} tokens plus {new_tokens} new tokens")
+    prompts = {n: runner.to_device(ids) for n, ids in prompts.items()}  # copies happen before any timing
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    # Warm-up: one full prefill and a few decode steps on the first prompt.
+    token, state = runner.prefill(prompts[job["prompt_lens"][0]])
+    for _ in range(int(job.get("warmup_tokens", 8))):
+        token, state = runner.step(token, state)
+    runner.sync()
+    del token, state
+
+    measured = []
+    for n, ids in prompts.items():
+        prefill_all = []
+        for i in range(max(1, int(job.get("prefill_repeats", 1)))):
+            if i:
+                del token, state
+            runner.sync()
+            t0 = time.perf_counter()
+            token, state = runner.prefill(ids)
+            runner.sync()
+            prefill_all.append(time.perf_counter() - t0)
+        steps = []
+        generated = [token]
+        for _ in range(new_tokens - 1):
+            t0 = time.perf_counter()
+            token, state = runner.step(token, state)
+            runner.sync()
+            steps.append(time.perf_counter() - t0)
+            generated.append(token)
+        # The process's prefill time is the median of its timed prefills (robust to one preempted run).
+        measured.append({"prompt_len": n, "prefill_s": percentile(prefill_all, 50), "prefill_all_s": prefill_all,
+                         "decode_step_s": steps,
+                         "first_tokens": [int(t) for t in generated[:8]]})
+        del token, state
+
+    result = {
+        "load_s": load_s,
+        "rss_before_load_bytes": rss_before,
+        "rss_after_load_bytes": rss_after,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "torch_threads": torch.get_num_threads(),
+        "prompts": measured,
+    }
+    if device == "cuda" and backend == "pytorch":
+        result["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+        result["cuda_max_reserved_bytes"] = int(torch.cuda.max_memory_reserved())
+    events.emit("result", name, **result)
+
+
+# --------------------------------------------------------------------------- quality
+
+
+class ReplayLogits:
+    """Stands in for the base model in `compress.evaluate`: returns the base's logits, computed once.
+
+    `perplexity` and `compare` visit the windows in order, batch by batch; each
+    call here must receive the same input ids as when the logits were recorded.
+    """
+
+    def __init__(self, model, windows, batch_size: int):
+        from ..evaluate import logits_of
+        from ..progress import progress
+
+        self.batches = []
+        for start in progress(range(0, len(windows), batch_size), desc="base logits", unit="batch"):
+            ids = windows.input_ids[start : start + batch_size]
+            self.batches.append((ids, logits_of(model, ids)))
+        self._next = 0
+
+    def rewind(self) -> "ReplayLogits":
+        self._next = 0
+        return self
+
+    def __call__(self, input_ids, attention_mask=None):
+        import torch
+
+        ids, logits = self.batches[self._next]
+        if not torch.equal(ids, input_ids):
+            raise RuntimeError("replayed base logits were asked for different windows than recorded")
+        self._next += 1
+        return logits
+
+
+def _same_vocab(tok_a, tok_b) -> bool:
+    return tok_a.get_vocab() == tok_b.get_vocab()
+
+
+def _parameters(model) -> dict[str, int | None]:
+    import torch
+
+    from ..layers import count_parameters
+
+    if isinstance(model, torch.nn.Module):
+        return count_parameters(model)
+    return {"parameters": None, "nonzero_parameters": None}
+
+
+def _sample(model, backend: str, device: str, tokenizer, sample: dict) -> str:
+    from .backends import Runner
+
+    ids = tokenizer(sample["prompt"], return_tensors="pt", add_special_tokens=False)["input_ids"]
+    tokens = Runner(model, backend, device).generate(ids, int(sample["new_tokens"]))
+    return tokenizer.decode(tokens, skip_special_tokens=False)
+
+
+def run_quality(job: dict, events: Events) -> None:
+    import torch
+
+    from ..evaluate import compare, perplexity
+    from .backends import load_model
+    from .spec import BenchEvaluation
+
+    _set_threads(job.get("threads"))
+    ref = job["reference"]
+    evaluation = BenchEvaluation(**job["evaluation"])
+    batch = evaluation.batch_size
+    base_tok = _load_tokenizer(ref["path"])
+    base = load_model(ref["backend"], ref["path"], "cpu", "float32", threads=job.get("threads"))
+    check_context(base.config, evaluation.seq_len, f"evaluation windows of {evaluation.seq_len} tokens")
+    windows = evaluation.load(base_tok)
+    vocab = int(base.config.vocab_size)
+    cache_bytes = windows.input_ids.numel() * vocab * 4
+    reference = ReplayLogits(base, windows, batch) if cache_bytes <= job.get("cache_limit", LOGITS_CACHE_LIMIT) else None
+    events.emit("windows", None, data=windows.provenance, cached_base_logits=reference is not None)
+
+    for v in job["variants"]:
+        name = v["name"]
+        events.emit("start", name)
+        try:
+            is_reference = (v["path"], v["backend"], v["device"], v["dtype"]) == (ref["path"], ref["backend"], "cpu", "float32")
+            if is_reference:
+                model, tok = base, base_tok
+                if reference is not None:
+                    q = perplexity(reference.rewind(), windows, batch, desc=f"{name}: perplexity")
+                else:
+                    q = perplexity(base, windows, batch, desc=f"{name}: perplexity")
+                # The reference compared with itself: zero divergence by construction.
+                q.update(kl_mean=0.0, top1_agreement=1.0, delta_p_correct=0.0)
+            else:
+                tok = _load_tokenizer(v["path"])
+                if not _same_vocab(tok, base_tok):
+                    raise UserError("its tokenizer differs from the base model's, so perplexity and divergence on the same windows cannot be compared")
+                model = load_model(v["backend"], v["path"], v["device"], v["dtype"], io_binding=False, threads=job.get("threads"))
+                check_context(model.config, evaluation.seq_len, f"evaluation windows of {evaluation.seq_len} tokens")
+                other = reference.rewind() if reference is not None else base
+                q = compare(other, model, windows, batch, desc=f"{name}: divergence")
+                q.pop("perplexity_base", None)
+            result = {
+                "perplexity": q["perplexity"],
+                "kl_mean": q["kl_mean"],
+                "top1_agreement": q["top1_agreement"],
+                "delta_p_correct": q["delta_p_correct"],
+                "tokens": q["tokens"],
+                **_parameters(model),
+            }
+            try:
+                result["sample"] = _sample(model, v["backend"], v["device"] if not is_reference else "cpu", tok, job["sample"])
+            except Exception as exc:  # a sample is for people; its failure should not hide the numbers
+                result["sample"] = None
+                result["sample_error"] = error_line(exc)
+            events.emit("result", name, **result)
+        except Exception as exc:
+            events.emit("error", name, error=error_line(exc))
+        finally:
+            model = None
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+MODES = {"build": run_build, "speed": run_speed, "quality": run_quality}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) != 3 or argv[0] not in MODES:
+        print(f"usage: python -m compress.bench.worker {{{','.join(MODES)}}} JOB.json EVENTS.jsonl", file=sys.stderr)
+        return 2
+    mode, job_path, events_path = argv
+    job = json.loads(Path(job_path).read_text())
+    events = Events(events_path)
+    from ..progress import configure
+
+    configure(quiet=not job.get("progress", False))
+    try:
+        MODES[mode](job, events)
+    except Exception as exc:
+        # Expected failures (bad input, a backend that cannot run the model) end as one line for the report.
+        if not isinstance(exc, UserError):
+            traceback.print_exc()
+        events.emit("error", job.get("name"), error=error_line(exc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

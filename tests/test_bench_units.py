@@ -1,0 +1,181 @@
+"""compress bench, the parts that need no worker process: statistics, schema, planning, variants, CLI errors."""
+
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+
+import pytest
+import torch
+
+from compress.bench.metrics import latency_percentiles, percentile, summarize
+from compress.bench.report import pareto_front
+from compress.bench.schema import load_schema, validate
+from compress.bench.spec import Suite, VariantSpec, default_suite_path, parse_variant_arg
+from compress.cli import main
+
+
+def test_percentiles_interpolate_between_order_statistics():
+    xs = [4.0, 1.0, 3.0, 2.0]
+    assert percentile(xs, 0) == 1.0 and percentile(xs, 100) == 4.0
+    assert percentile(xs, 50) == 2.5
+    assert percentile(xs, 90) == pytest.approx(3.7)
+    assert math.isnan(percentile([], 50))
+    s = summarize(xs)
+    assert (s["n"], s["min"], s["median"], s["max"], s["mean"]) == (4, 1.0, 2.5, 4.0, 2.5)
+    lat = latency_percentiles([0.001, 0.002, 0.003])
+    assert lat["p50"] == pytest.approx(2.0) and lat["p99"] == pytest.approx(2.98)
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    # (speed, perplexity): faster and lower is better.
+    pts = [(10, 20.0), (20, 25.0), (15, 30.0), (5, 19.0), (20, 24.0)]
+    assert pareto_front(pts, maximize_x=True) == [3, 0, 4]
+    # (memory, perplexity): smaller and lower is better.
+    assert pareto_front([(100, 20.0), (50, 30.0), (60, 31.0)], maximize_x=False) == [1, 0]
+
+
+def test_default_suite_parses_and_uses_the_builtin_model():
+    suite = Suite.from_yaml(default_suite_path())
+    assert suite.base == "smollm2-135m-instruct"
+    assert suite.settings.prompt_lens == [128] and suite.settings.new_tokens == 64 and suite.settings.repeats >= 5
+    assert {v.name for v in suite.variants} >= {"magnitude-50"}
+
+
+@pytest.mark.parametrize("arg, expected", [
+    ("out/pruned", {"name": "pruned", "model": "out/pruned"}),
+    ("mine=out/pruned", {"name": "mine", "model": "out/pruned"}),
+    ("mag=magnitude_prune: {sparsity: 0.3}", {"name": "mag", "passes": [{"magnitude_prune": {"sparsity": 0.3}}]}),
+    ("magnitude_prune", {"name": "magnitude_prune", "passes": ["magnitude_prune"]}),
+    ("configs/default.yaml", {"name": "default", "recipe": "configs/default.yaml"}),
+    ("HuggingFaceTB/SmolLM2-135M", {"name": "SmolLM2-135M", "model": "HuggingFaceTB/SmolLM2-135M"}),
+])
+def test_variant_arguments_become_models_recipes_or_passes(arg, expected):
+    spec = parse_variant_arg(arg, 0).model_dump(exclude_none=True)
+    assert spec == expected
+
+
+def test_suite_rejects_duplicate_names_and_the_reserved_base_name():
+    from compress.errors import UserError
+
+    with pytest.raises(UserError, match="used twice"):
+        Suite.from_dict({"variants": [{"name": "a"}, {"name": "a"}]})
+    with pytest.raises(UserError, match="reserved"):
+        Suite.from_dict({"variants": [{"name": "base", "dtype": "bf16"}]})
+    with pytest.raises(UserError, match="unknown key"):
+        Suite.from_dict({"settings": {"repeat": 3}})
+
+
+def _plan(suite_dict):
+    from compress.bench.harness import plan
+
+    return {v.name: v for v in plan(Suite.from_dict(suite_dict))}
+
+
+def test_bad_variants_fail_at_planning_with_one_line_each(tiny_llama_dir, tmp_path):
+    short = tmp_path / "short-context"
+    shutil.copytree(tiny_llama_dir, short)
+    cfg = (short / "config.json").read_text().replace('"max_position_embeddings": 512', '"max_position_embeddings": 16')
+    (short / "config.json").write_text(cfg)
+    planned = _plan({
+        "base": str(tiny_llama_dir),
+        "settings": {"prompt_lens": [8], "new_tokens": 12},
+        "variants": [
+            {"name": "missing", "model": str(tmp_path / "nope")},
+            {"name": "ort-not-exported", "model": str(tiny_llama_dir), "backend": "onnxruntime"},
+            {"name": "no-such-pass", "passes": [{"wanda_prune_v9": {"sparsity": 0.5}}]},
+            {"name": "bad-config", "passes": [{"magnitude_prune": {"sparsity": 1.5}}]},
+            {"name": "short", "model": str(short)},
+            {"name": "fine", "passes": [{"magnitude_prune": {"sparsity": 0.5}}]},
+        ],
+    })
+    errors = {name: v.errors[0]["error"] if v.errors else None for name, v in planned.items()}
+    assert errors["base"] is None and errors["fine"] is None
+    assert "does not exist" in errors["missing"]
+    assert "no ONNX export" in errors["ort-not-exported"]
+    assert "unknown pass 'wanda_prune_v9'" in errors["no-such-pass"]
+    assert "sparsity" in errors["bad-config"]
+    assert "context is 16 tokens" in errors["short"]
+    for message in filter(None, errors.values()):
+        assert "\n" not in message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_on_a_cpu_machine_fails_that_variant_only(tiny_llama_dir):
+    planned = _plan({"base": str(tiny_llama_dir), "variants": [{"name": "gpu", "device": "cuda"},
+                                                              {"name": "gpu-ort", "device": "cuda", "backend": "onnxruntime"}]})
+    assert not planned["base"].errors
+    assert "CUDA is not available" in planned["gpu"].errors[0]["error"]
+    assert "CUDA provider is not available" in planned["gpu-ort"].errors[0]["error"]
+
+
+def _minimal_report():
+    summary = {"n": 1, "min": 1.0, "median": 1.0, "max": 1.0, "mean": 1.0, "values": [1.0]}
+    prompt = {"prompt_len": 8, "prefill_ms": summary, "decode_tokens_per_s": summary,
+              "per_token_ms": {"p50": 1.0, "p90": 1.0, "p99": 1.0}, "decode_steps": 3}
+    run = {"repeat": 1, "load_s": 1.0, "peak_rss_bytes": 1, "rss_before_load_bytes": 0, "rss_after_load_bytes": 1,
+           "prompts": []}
+    variant = {
+        "name": "base", "status": "ok", "errors": [], "description": "x", "source": {}, "backend": "pytorch",
+        "device": "cpu", "dtype": "float32", "path": None, "build": None, "size": None,
+        "speed": {"repeats": 1, "load_s": summary, "peak_rss_bytes": summary, "load_rss_bytes": summary,
+                  "cuda_max_allocated_bytes": None, "cuda_max_reserved_bytes": None, "prompts": [prompt], "runs": [run]},
+        "quality": {"perplexity": 10.0, "kl_mean": 0.0, "top1_agreement": 1.0, "delta_p_correct": 0.0, "tokens": 5,
+                    "parameters": 10, "nonzero_parameters": 9, "sample": "hi"},
+        "ratios": {k: 1.0 for k in ("prefill_speedup", "decode_speedup", "load_time", "peak_rss", "size",
+                                   "nonzero_parameters", "perplexity")},
+    }
+    return {
+        "format": "compress-bench/1", "created": "now", "command": None, "seconds": 1.0, "isolation": "exec",
+        "base": "base",
+        "settings": {"prompt_lens": [8], "new_tokens": 4, "repeats": 1, "warmup_tokens": 0, "device": "cpu",
+                     "dtype": "float32", "threads": None, "order": "x",
+                     "evaluation": {"source": "builtin", "split": "evaluation", "seq_len": 8, "windows": 1}},
+        "environment": {"cpu_model": "x", "cpu_count": 2, "usable_cores": 2, "gpu": None,
+                        "versions": {"python": "3", "torch": "2", "transformers": "4"}},
+        "variants": [variant],
+    }
+
+
+def test_schema_validator_accepts_a_good_report_and_names_each_problem_in_a_bad_one():
+    good = _minimal_report()
+    assert validate(good) == []
+    bad = copy.deepcopy(good)
+    del bad["environment"]
+    bad["variants"][0]["status"] = "great"
+    bad["variants"][0]["quality"]["top1_agreement"] = 1.5
+    bad["variants"][0]["speed"]["prompts"][0]["prefill_ms"]["median"] = "fast"
+    problems = validate(bad)
+    assert any("missing required key 'environment'" in p for p in problems)
+    assert any("$.variants[0].status" in p for p in problems)
+    assert any("top1_agreement" in p and "maximum" in p for p in problems)
+    assert any("prefill_ms.median" in p for p in problems)
+
+
+def test_schema_is_valid_json_schema_when_jsonschema_is_installed():
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.Draft202012Validator.check_schema(load_schema())
+    jsonschema.validate(_minimal_report(), load_schema())
+
+
+def test_cli_refuses_an_existing_output_before_any_work(tmp_path, tiny_llama_dir, capsys):
+    out = tmp_path / "report"
+    out.mkdir()
+    code = main(["bench", "-m", str(tiny_llama_dir), "magnitude_prune", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "already exists" in err
+    assert err.count("error:") == 1 and "Traceback" not in err
+
+
+def test_cli_says_in_one_line_when_no_variant_can_run(tmp_path, capsys):
+    code = main(["bench", "-m", str(tmp_path / "missing-model"), "-o", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no variant can run" in err and "does not exist" in err
+    assert err.count("error:") == 1 and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_variant_spec_refuses_both_passes_and_recipe():
+    with pytest.raises(ValueError, match="either passes or recipe"):
+        VariantSpec(name="x", passes=["magnitude_prune"], recipe="r.yaml")

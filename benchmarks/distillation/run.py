@@ -231,7 +231,7 @@ def phase_table(args):
                         key=lambda r: (r["config"]["steps"], r["config"]["lr"]))
     env = load_json("environment") or environment()
     lines = ["# Distillation benchmark", "",
-             f"Date: {env.get('date')}. CPU: {env['cpu']}, {env['cores']} cores, shared with other jobs "
+             f"Date (start of the last phase run): {env.get('date')}. CPU: {env['cpu']}, {env['cores']} cores, shared with other jobs "
              "(three other helpers were running on the same 2 cores, so wall times are noisy).", "",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), ""]
     if prep:

@@ -4,3 +4,4 @@ A new pass family adds one import line here.
 """
 
 from . import pruning  # noqa: F401
+from . import bnb, onnx_export, ort_quant  # noqa: F401

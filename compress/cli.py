@@ -18,7 +18,7 @@ from .errors import UserError
 from .progress import configure
 
 # Modules under compress.commands that each define `command` (a click command or group).
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["quantize", "export"]
 
 _state = {"verbose": False}
 

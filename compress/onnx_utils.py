@@ -143,3 +143,32 @@ def write_onnx_directory(artifact, directory: Path) -> None:
 
 def is_onnx(artifact) -> bool:
     return isinstance(artifact.model, OnnxCausalLM)
+
+
+def is_onnx_directory(ref: str) -> bool:
+    path = Path(str(ref)).expanduser()
+    return path.is_dir() and (path / ONNX_FILE).is_file()
+
+
+def load_onnx_artifact(ref: str):
+    """An Artifact for an ONNX directory (an output of `compress export onnx`); the directory is only read."""
+    from transformers import AutoTokenizer
+
+    from .artifact import Artifact
+    from .saving import read_manifest
+
+    path = Path(str(ref)).expanduser().resolve()
+    require_onnxruntime()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"could not load the tokenizer of ONNX model {path} ({first}); the directory needs one") from None
+    artifact = Artifact(model=OnnxCausalLM(path, owned=False), tokenizer=tokenizer,
+                        source={"kind": "onnx", "ref": str(path), "path": str(path)}, source_path=path,
+                        writer=write_onnx_directory)
+    manifest = read_manifest(path)
+    if manifest:
+        artifact.source["derived_from"] = manifest.get("source")
+        artifact.passes = list(manifest.get("passes", []))
+    return artifact

@@ -7,15 +7,14 @@ and its `save_pretrained` output (weights plus `quantization_config` in
 config.json) reloads quantized with a stock `AutoModelForCausalLM.from_pretrained`.
 
 Mixed precision: `keep` lists module-name globs left in float (the LM head
-is always kept: transformers never quantizes it), and `keep_first_last: N`
-keeps the first N and last N decoder blocks in float. Embeddings are not
+is always kept: transformers never quantizes it), and `keep_first`/`keep_last`
+keep the first/last N decoder blocks in float. Embeddings are not
 linear layers, so bitsandbytes never touches them.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import re
 import tempfile
 from typing import Any, ClassVar, Literal
 
@@ -25,10 +24,7 @@ from ..errors import UserError
 from ..layers import output_head_names, weight_matrices
 from ..progress import log
 from .base import Pass, PassContext
-from .quantization import refuse_if_quantized
-
-_DTYPES = ("float32", "float16", "bfloat16")
-_BLOCK_INDEX = re.compile(r"\.(\d+)\.")
+from .quantization import block_index, edge_blocks, refuse_if_quantized
 
 
 def _check_backend(device: str, method: str) -> None:
@@ -58,16 +54,11 @@ def _check_backend(device: str, method: str) -> None:
         ) from None
 
 
-def block_index(name: str) -> int | None:
-    match = _BLOCK_INDEX.search(name)
-    return int(match.group(1)) if match else None
-
-
-def kept_modules(model, keep: list[str], keep_first_last: int) -> list[str]:
+def kept_modules(model, keep: list[str], keep_first: int, keep_last: int) -> list[str]:
     """Full names of the projections left in float: the LM head, `keep` globs, first/last blocks."""
     names = sorted(output_head_names(model))
     n_layers = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", 0)
-    edge = set(range(keep_first_last)) | set(range(n_layers - keep_first_last, n_layers)) if keep_first_last else set()
+    edge = edge_blocks(n_layers, keep_first, keep_last)
     for wm in weight_matrices(model):
         if any(fnmatch.fnmatch(wm.name, p) for p in keep) or block_index(wm.name) in edge:
             names.append(wm.name)
@@ -84,7 +75,8 @@ class BnbQuantize(Pass):
     compute_dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # 4-bit matmul dtype
     int8_threshold: float = Field(6.0, ge=0.0)  # LLM.int8 outlier threshold (0 disables the float path)
     keep: list[str] = Field(default_factory=list)  # module-name globs kept in float, e.g. "*.mlp.down_proj"
-    keep_first_last: int = Field(0, ge=0)  # keep the first N and last N decoder blocks in float
+    keep_first: int = Field(0, ge=0)  # keep the first N decoder blocks in float
+    keep_last: int = Field(0, ge=0)  # keep the last N decoder blocks in float
     device: str | None = None  # None: the runner's device (cpu unless told)
 
     def quantization_config(self, skip: list[str]):
@@ -109,10 +101,10 @@ class BnbQuantize(Pass):
         device = self.device or ctx.device
         _check_backend(device, self.method)
         model = artifact.model
-        skip = kept_modules(model, self.keep, self.keep_first_last)
+        skip = kept_modules(model, self.keep, self.keep_first, self.keep_last)
         total = sum(1 for _ in weight_matrices(model, include_lm_head=True))
         if len(skip) >= total:
-            raise UserError("bnb_quantize: every projection is kept in float by 'keep'/'keep_first_last'; keep fewer")
+            raise UserError("bnb_quantize: every projection is kept in float by 'keep'/'keep_first'/'keep_last'; keep fewer")
         dtype = next(model.parameters()).dtype
         if self.method == "int8" and dtype == torch.float32:
             log.debug("LLM.int8 layers compute in float16; the rest of the model stays float32")

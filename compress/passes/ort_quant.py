@@ -32,11 +32,12 @@ from ..errors import UserError
 from ..onnx_utils import ONNX_FILE, OnnxCausalLM, is_onnx, ort_runtime_has_op, require_onnxruntime
 from ..progress import log
 from .base import Pass, PassContext
-from .bnb import block_index
-from .quantization import quantization_state
+from .quantization import block_index, edge_blocks, quantization_state
 
 # MLP output projections (Llama family, GPT-2): their input carries the outliers.
 DEFAULT_INT8_KEEP = ["*.mlp.down_proj", "*.mlp.c_proj"]
+DEFAULT_INT8_KEEP_FIRST = 2
+DEFAULT_INT8_KEEP_LAST = 2
 _WEIGHT_OPS = ("MatMul", "Gemm")
 
 
@@ -127,7 +128,11 @@ class OrtQuantize(Pass):
     # Module-name globs left in float. None: the method's default (int8: the MLP
     # down projections, see the module docstring; int4: nothing).
     keep: list[str] | None = None
-    keep_first_last: int = Field(0, ge=0)  # also keep the first N and last N blocks in float
+    # Also keep the first / last N decoder blocks in float. None: the method's
+    # default (int8: 2 and 2, at most an eighth of the blocks each; the edge blocks are the most sensitive after
+    # down_proj, the last one most of all; int4: 0 and 0).
+    keep_first: int | None = Field(None, ge=0)
+    keep_last: int | None = Field(None, ge=0)
     quantize_lm_head: bool = False  # an untied LM head (a tied one is never a candidate)
     # int8
     per_channel: bool = True  # one scale per output channel of each weight
@@ -187,7 +192,7 @@ class OrtQuantize(Pass):
         candidates = weight_matmuls(onnx_in)
         chosen, kept = self.select(candidates, _num_layers(source.directory))
         if not chosen:
-            raise UserError("ort_quantize: no weight MatMul is left to quantize after 'keep'/'keep_first_last'; "
+            raise UserError("ort_quantize: no weight MatMul is left to quantize after 'keep'/'keep_first'/'keep_last'; "
                             "keep fewer modules")
         start = time.perf_counter()
         if self.method == "int8":
@@ -209,13 +214,16 @@ class OrtQuantize(Pass):
     def select(self, candidates: list[tuple[str, str]], n_layers: int) -> tuple[list[str], list[str]]:
         """Split weight MatMuls into (node names to quantize, module names kept in float)."""
         patterns = self.keep_patterns()
-        n = self.keep_first_last
-        edge = set(range(n)) | set(range(n_layers - n, n_layers)) if n else set()
+        # The int8 defaults never keep more than an eighth of the blocks at each end (none on tiny models).
+        cap = n_layers // 8 if self.method == "int8" else 0
+        first = self.keep_first if self.keep_first is not None else min(DEFAULT_INT8_KEEP_FIRST, cap)
+        last = self.keep_last if self.keep_last is not None else min(DEFAULT_INT8_KEEP_LAST, cap)
+        edge = edge_blocks(n_layers, first, last)
         chosen, kept = [], []
         for node, module in candidates:
             is_head = module.split(".")[-1] in ("lm_head", "embed_out", "output")
             if (is_head and not self.quantize_lm_head) or any(fnmatch.fnmatch(module, p) for p in patterns) \
-                    or block_index(module + ".") in edge:
+                    or block_index(module) in edge:
                 kept.append(module)
             else:
                 chosen.append(node)

@@ -10,6 +10,7 @@ command line come from the same code.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ..errors import QualityError, UserError
@@ -24,6 +25,20 @@ from ..evaluate import compare, quality_verdict, warn_if_damaged
 # at KL 0.44 / top-1 67%, and garbage output (perplexity > 10^5) is far beyond.
 QUANT_MAX_KL = 0.25
 QUANT_MIN_TOP1 = 0.75
+
+
+_BLOCK_INDEX = re.compile(r"\.(\d+)\.")
+
+
+def block_index(name: str) -> int | None:
+    """The decoder block a module belongs to ('model.layers.3.mlp.up_proj' -> 3), or None."""
+    match = _BLOCK_INDEX.search(name + ".")
+    return int(match.group(1)) if match else None
+
+
+def edge_blocks(n_layers: int, first: int, last: int) -> set[int]:
+    """Indices of the first `first` and last `last` decoder blocks."""
+    return set(range(min(first, n_layers))) | set(range(max(n_layers - last, 0), n_layers))
 
 
 def quantization_state(artifact) -> str | None:

@@ -253,3 +253,25 @@ def test_bad_pass_config_is_refused_before_work():
     with pytest.raises(UserError, match="unknown key"):
         build_pass("ort_quantize", {"bits": 4})
     assert isinstance(PassContext().device, str)
+
+
+@pytest.mark.parametrize("path", sorted(__import__("pathlib").Path(__file__).parents[1].glob("configs/quant-*.yaml")),
+                         ids=lambda p: p.name)
+def test_quantization_recipes_parse(path):
+    from compress.recipe import Recipe
+
+    recipe = Recipe.from_yaml(path)
+    assert recipe.passes and recipe.passes[-1].name in ("bnb_quantize", "ort_quantize")
+
+
+@pytest.mark.integration
+def test_bnb_int8_of_the_builtin_model_passes_the_guard():
+    from compress.models import load_artifact
+    from compress.recipe import EvaluationData
+
+    base = load_artifact("smollm2-135m-instruct")
+    windows = EvaluationData(windows=2, seq_len=256).load(base.tokenizer)
+    result = BnbQuantize(method="int8")(base)
+    verdict = quality_guard(base.model, result.model, windows, "bnb int8")
+    assert verdict["passed"], verdict["problems"]
+    assert verdict["perplexity"] < verdict["perplexity_base"] * 1.05

@@ -128,7 +128,8 @@ def test_ort_int8_keeps_mlp_down_projections_and_edge_blocks_in_float_by_default
                                               ("/model/layers.2/mlp/down_proj/MatMul", "model.layers.2.mlp.down_proj"),
                                               ("/model/layers.22/mlp/up_proj/MatMul", "model.layers.22.mlp.up_proj")],
                                              n_layers=24) == (["/model/layers.2/mlp/up_proj/MatMul"],
-                                                              ["model.layers.2.mlp.down_proj", "model.layers.22.mlp.up_proj"])
+                                                              ["/model/layers.2/mlp/down_proj/MatMul",
+                                                               "/model/layers.22/mlp/up_proj/MatMul"])
     result = OrtQuantize(method="int8", keep_first=0, keep_last=1)(tiny_llama)
     metrics = result.passes[-1]["metrics"]
     last_block = {f"model.layers.1.{m}" for m in
@@ -136,6 +137,16 @@ def test_ort_int8_keeps_mlp_down_projections_and_edge_blocks_in_float_by_default
                    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
     assert set(metrics["float_matmuls"]) == {"model.layers.0.mlp.down_proj"} | last_block
     assert metrics["quantized_matmuls"] == 6  # block 0 without down_proj; rotary and tied head never
+
+
+def test_ort_int4_leaves_kept_modules_as_float_matmuls(tiny_llama):
+    import onnx
+
+    result = OrtQuantize(method="int4", block_size=16, keep=["*.mlp.down_proj"])(tiny_llama)
+    assert result.passes[-1]["metrics"]["quantized_matmuls"] == 12
+    nodes = onnx.load(str(result.model.onnx_path)).graph.node
+    down = [n.op_type for n in nodes if "down_proj" in n.name]
+    assert down == ["MatMul", "MatMul"]
 
 
 def test_ort_int4_without_matmulnbits_is_refused(tiny_llama, monkeypatch):

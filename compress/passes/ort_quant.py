@@ -198,13 +198,13 @@ class OrtQuantize(Pass):
         if self.method == "int8":
             self._int8(onnx_in, target.onnx_path, chosen)
         else:
-            self._int4(onnx_in, target.onnx_path, chosen)
+            self._int4(onnx_in, target.onnx_path, kept)
         if onnx_in != source.onnx_path:
             onnx_in.unlink()
         artifact.model = target
         metrics.update({
             "quantized_matmuls": count_quantized(target.onnx_path),
-            "float_matmuls": kept,
+            "float_matmuls": [module_name(node) for node in kept],
             "onnx_bytes_before": source.size_bytes(),
             "onnx_bytes": target.size_bytes(),
             "quantize_seconds": round(time.perf_counter() - start, 1),
@@ -212,7 +212,7 @@ class OrtQuantize(Pass):
         return metrics
 
     def select(self, candidates: list[tuple[str, str]], n_layers: int) -> tuple[list[str], list[str]]:
-        """Split weight MatMuls into (node names to quantize, module names kept in float)."""
+        """Split weight MatMuls into (node names to quantize, node names kept in float)."""
         patterns = self.keep_patterns()
         # The int8 defaults never keep more than an eighth of the blocks at each end (none on tiny models).
         cap = n_layers // 8 if self.method == "int8" else 0
@@ -224,7 +224,7 @@ class OrtQuantize(Pass):
             is_head = module.split(".")[-1] in ("lm_head", "embed_out", "output")
             if (is_head and not self.quantize_lm_head) or any(fnmatch.fnmatch(module, p) for p in patterns) \
                     or block_index(module) in edge:
-                kept.append(module)
+                kept.append(node)
             else:
                 chosen.append(node)
         return chosen, kept
@@ -236,12 +236,14 @@ class OrtQuantize(Pass):
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(_WEIGHT_OPS), nodes_to_quantize=nodes,
                          per_channel=self.per_channel, reduce_range=self.reduce_range, weight_type=weight_type)
 
-    def _int4(self, src: Path, dst: Path, nodes: list[str]) -> None:
+    def _int4(self, src: Path, dst: Path, excluded: list[str]) -> None:
         import onnx
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+        # MatMulNBitsQuantizer quantizes every MatMul with a constant weight
+        # (nodes_to_include only adds to that), so what stays float is excluded by name.
         quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=self.block_size,
                                          is_symmetric=self.symmetric, accuracy_level=self.accuracy_level,
-                                         nodes_to_include=nodes, op_types_to_quantize=("MatMul",))
+                                         nodes_to_exclude=excluded, op_types_to_quantize=("MatMul",))
         quantizer.process()
         quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)

@@ -21,6 +21,8 @@ from .progress import configure
 COMMAND_MODULES: list[str] = [
     "prune",
     "distill",
+    "quantize",
+    "export",
     "bench",
 ]
 

@@ -7,3 +7,4 @@ from . import pruning  # noqa: F401
 from . import structured  # noqa: F401
 from . import sparsegpt  # noqa: F401
 from . import distillation  # noqa: F401
+from . import bnb, onnx_export, ort_quant  # noqa: F401

@@ -191,6 +191,8 @@ def report(results: dict, command: str) -> str:
                              "(which channels/heads/blocks go does not change the speed; how many does). "
                              f"Parameters: " + ", ".join(f"{r['label']} {fmt_count(r['parameters'])}"
                                                          for r in results["variants"]) + "."]
+        if results.get("note"):
+            lines += ["", f"Note: {results['note']}"]
         return "\n".join(lines + latency_lines(results)) + "\n"
     for r in results["variants"]:
         cells = ""

@@ -100,13 +100,17 @@ def run(args) -> dict:
             art = build_pass(name, config)(art, ctx)
         seconds = time.perf_counter() - start
         row = {"label": label, "kind": kind, "passes": [{n: c} for n, c in passes], "prune_seconds": round(seconds, 1)}
-        if passes and args.kl:
+        if args.speed_only:
+            if kind == "unstructured":
+                continue
+            row["perplexity"] = None
+        elif passes and args.kl:
             q = compare(base.model, art.model, windows, desc=label)
             row.update(perplexity=q["perplexity"], perplexity_base=q["perplexity_base"], kl_mean=q["kl_mean"],
                        top1_agreement=q["top1_agreement"])
         else:
             row["perplexity"] = perplexity(art.model, windows, desc=label)["perplexity"]
-        if passes:
+        if passes and not args.speed_only:
             row["pass_metrics"] = {k: v for k, v in art.passes[-1]["metrics"].items()
                                    if k not in ("sparsity_per_layer", "calibration")}
         row.update(count_parameters(art.model))
@@ -120,18 +124,19 @@ def run(args) -> dict:
             row["reloaded_parameters"] = count_parameters(stock)["parameters"]
             reloaded[label] = stock
         results["variants"].append(row)
-        log.info(f"{label}: perplexity {row['perplexity']:.2f}, parameters {row['parameters']:,}, "
+        log.info(f"{label}: perplexity {row['perplexity']}, parameters {row['parameters']:,}, "
                  f"non-zero {row['nonzero_parameters']:,}")
         Path(args.out, f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
         del art
 
     if reloaded and args.repeats:
-        torch.set_num_threads(os.cpu_count() or 1)
+        threads = args.latency_threads or os.cpu_count() or 1
+        torch.set_num_threads(threads)
         prompt = windows.input_ids[-1:, :128]  # a window's first 128 tokens, as the prompt
         models = {"base": base.model, **reloaded}
         timing = side_by_side(models, prompt, new_tokens=64, repeats=args.repeats, warmup=1)
         results["latency"] = {"settings": {"prompt_tokens": 128, "new_tokens": 64, "batch": 1, "greedy": True,
-                                           "repeats": args.repeats, "warmup": 1, "threads": os.cpu_count(),
+                                           "repeats": args.repeats, "warmup": 1, "threads": threads,
                                            "interleaved": True},
                               "models": timing}
     results["base_parameters"] = base_counts
@@ -172,11 +177,23 @@ def report(results: dict, command: str) -> str:
         f"Quality runs used {s['quality_threads']} thread(s). No fine-tuning after pruning.",
         "",
     ]
+    if results.get("note"):
+        lines += [f"Note: {results['note']}", ""]
     with_kl = any("kl_mean" in r for r in results["variants"])
     divergence = " KL(base‖variant) | top-1 agree |" if with_kl else ""
     lines += [f"| variant | perplexity | × base |{divergence} parameters | non-zero | pruning s |",
               "|---|---:|---:|" + ("---:|---:|" if with_kl else "") + "---:|---:|---:|"]
     base_ppl = next(r["perplexity"] for r in results["variants"] if r["kind"] == "base")
+    if base_ppl is None:  # a speed-only run
+        lines = lines[:6] + ["Speed only: the structured variants were built with the same passes and shapes as in "
+                             "the quality table, calibrated on "
+                             f"{s['calibration']['samples']} windows of {s['calibration']['seq_len']} tokens "
+                             "(which channels/heads/blocks go does not change the speed; how many does). "
+                             f"Parameters: " + ", ".join(f"{r['label']} {fmt_count(r['parameters'])}"
+                                                         for r in results["variants"]) + "."]
+        if results.get("note"):
+            lines += ["", f"Note: {results['note']}"]
+        return "\n".join(lines + latency_lines(results)) + "\n"
     for r in results["variants"]:
         cells = ""
         if with_kl:
@@ -212,6 +229,11 @@ def report(results: dict, command: str) -> str:
     if checks:
         lines += ["", "Against the issue's targets (activation-aware 50% unstructured and structured 25% MLP with "
                   "calibration within 1.6× of the base perplexity):", "", *checks]
+    return "\n".join(lines + latency_lines(results)) + "\n"
+
+
+def latency_lines(results: dict) -> list[str]:
+    lines = []
     lat = results.get("latency")
     if lat:
         st = lat["settings"]
@@ -235,7 +257,7 @@ def report(results: dict, command: str) -> str:
                 f"| {name} | {p['median'] * 1e3:.0f} ({p['min'] * 1e3:.0f}–{p['max'] * 1e3:.0f}) | "
                 f"{d['median']:.1f} ({d['min']:.1f}–{d['max']:.1f}) | {tot['median']:.2f} | "
                 f"{b['prefill_s']['median'] / p['median']:.2f}× | {d['median'] / b['decode_tokens_per_s']['median']:.2f}× |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main() -> None:
@@ -248,6 +270,10 @@ def main() -> None:
     ap.add_argument("--kl", action="store_true", help="also KL and top-1 agreement with the base (doubles the cost)")
     ap.add_argument("--threads", type=int, default=1, help="threads for the quality runs")
     ap.add_argument("--repeats", type=int, default=5, help="latency repeats (0: skip latency)")
+    ap.add_argument("--latency-threads", type=int, default=0, help="threads for the latency runs (0: all cores)")
+    ap.add_argument("--speed-only", action="store_true",
+                    help="only build the structured variants and time them (no perplexity); their shapes, not which "
+                    "channels were chosen, decide the speed, so a small --calib-samples is enough")
     ap.add_argument("--only", nargs="*", help="only these variant labels (and the base)")
     ap.add_argument("--out", default=str(HERE))
     ap.add_argument("--name", default="results", help="file stem of the results (NAME.json, NAME.md)")

@@ -40,7 +40,16 @@ def test_default_suite_parses_and_uses_the_builtin_model():
     suite = Suite.from_yaml(default_suite_path())
     assert suite.base == "smollm2-135m-instruct"
     assert suite.settings.prompt_lens == [128] and suite.settings.new_tokens == 64 and suite.settings.repeats >= 5
-    assert {v.name for v in suite.variants} >= {"magnitude-50"}
+    from compress.passes.base import REGISTRY, build_pass
+    from compress.passes import _load_all  # noqa: F401
+
+    used = set()
+    for variant in suite.variants:
+        for entry in variant.passes or []:
+            (name, config), = (entry.items() if isinstance(entry, dict) else [(entry, {})])
+            build_pass(name, config)  # every default pass exists and its config validates
+            used.add(name)
+    assert {"wanda_prune", "channel_prune", "onnx_export", "ort_quantize"} <= used <= set(REGISTRY)
 
 
 @pytest.mark.parametrize("arg, expected", [

@@ -129,6 +129,19 @@ def isolated_cache(tmp_path, monkeypatch) -> Path:
     return tmp_path / "cache"
 
 
+@pytest.fixture
+def one_thread_fresh_calibration():
+    """For pass tests: one torch thread, and no calibration statistics cached by an earlier test."""
+    from compress.passes.calibration import clear_cache
+
+    # Tiny models: one thread is fastest, and on a loaded machine two threads can be 100x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    clear_cache()  # statistics are cached per model and windows
+    yield
+    torch.set_num_threads(threads)
+
+
 def state_dict_copy(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 

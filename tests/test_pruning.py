@@ -11,18 +11,10 @@ from compress.errors import UserError
 from compress.layers import output_head_names, weight_matrices
 from compress.passes import MagnitudePrune, WandaPrune
 from compress.passes.sparsegpt import SparseGPTPrune, sparsegpt_prune_matrix
-from compress.passes.calibration import clear_cache
 from compress.passes.base import CalibrationData, PassContext, build_pass
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: one thread is fastest, and on a loaded machine two threads can be 100x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    clear_cache()  # calibration statistics are cached per model and windows; start each test fresh
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_fresh_calibration")
 
 
 @pytest.fixture

@@ -8,20 +8,12 @@ from conftest import assert_same_weights, save_tiny, state_dict_copy, tiny_gpt2_
 
 from compress.cli import main
 from compress.errors import UserError
-from compress.passes.calibration import clear_cache
 from compress.passes.base import CalibrationData, PassContext, build_pass
 from compress.passes.structured import ChannelPrune, HeadPrune, LayerDrop, valid_head_ratios
 from compress.saving import save_artifact
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: one thread is fastest, and on a loaded machine two threads can be 100x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    clear_cache()  # calibration statistics are cached per model and windows; start each test fresh
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_fresh_calibration")
 
 
 @pytest.fixture

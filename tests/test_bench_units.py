@@ -28,6 +28,19 @@ def test_percentiles_interpolate_between_order_statistics():
     assert lat["p50"] == pytest.approx(2.0) and lat["p99"] == pytest.approx(2.98)
 
 
+def test_a_workers_peak_memory_is_its_own_not_its_parents():
+    """A worker started by a parent that holds a big model must not report the parent's peak."""
+    import subprocess
+    import sys
+
+    ballast = bytearray(1 << 30)  # the parent now holds 1 GiB, more than the child's own imports (torch) take
+    ballast[::4096] = b"x" * len(ballast[::4096])  # touch every page so it is resident
+    child = subprocess.run([sys.executable, "-c", "from compress.bench.metrics import peak_rss_bytes as p; print(p())"],
+                           capture_output=True, text=True, check=True)
+    assert 1e6 < int(child.stdout) < 0.8 * (1 << 30)
+    del ballast
+
+
 def test_pareto_front_keeps_only_undominated_points():
     # (speed, perplexity): faster and lower is better.
     pts = [(10, 20.0), (20, 25.0), (15, 30.0), (5, 19.0), (20, 24.0)]

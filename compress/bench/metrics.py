@@ -66,7 +66,18 @@ def current_rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    """Peak resident set size of this process image so far.
+
+    On Linux this is VmHWM from /proc/self/status, not ru_maxrss: ru_maxrss
+    survives execve, so a worker started by a parent that already holds a model
+    would report the parent's size (every variant then shows the same peak).
+    Elsewhere ru_maxrss (KiB on Linux, bytes on macOS).
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # reported in kB
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024
 

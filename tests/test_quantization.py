@@ -149,6 +149,24 @@ def test_ort_int4_leaves_kept_modules_as_float_matmuls(tiny_llama):
     assert down == ["MatMul", "MatMul"]
 
 
+def test_ort_int4_hqq_writes_matmulnbits_with_zero_points_and_stays_close(tiny_llama):
+    import onnx
+
+    result = OrtQuantize(method="int4", block_size=16, algorithm="hqq")(tiny_llama)
+    nodes = [n for n in onnx.load(str(result.model.onnx_path)).graph.node if n.op_type == "MatMulNBits"]
+    assert len(nodes) == 14  # every block projection; rotary and the tied head stay float
+    assert all(len(n.input) >= 4 and n.input[3] for n in nodes)  # HQQ is asymmetric: zero points present
+    logits = logits_of(result.model, IDS)
+    reference = logits_of(tiny_llama.model, IDS)
+    assert torch.isfinite(logits).all()
+    assert (logits.argmax(-1) == reference.argmax(-1)).float().mean() > 0.5
+
+
+def test_ort_hqq_is_refused_for_int8(tiny_llama):
+    with pytest.raises(UserError, match="algorithm 'hqq' is for method int4"):
+        OrtQuantize(method="int8", algorithm="hqq")(tiny_llama)
+
+
 def test_ort_int4_without_matmulnbits_is_refused(tiny_llama, monkeypatch):
     from compress.passes import ort_quant
 

@@ -12,7 +12,8 @@ METHODS = ("bnb-int8", "bnb-nf4", "bnb-fp4", "ort-int8", "ort-int4")
 
 
 def build_quantize_pass(method: str, keep: tuple[str, ...], keep_first: int | None, keep_last: int | None, device: str,
-                        double_quant: bool, compute_dtype: str, block_size: int, reduce_range: bool):
+                        double_quant: bool, compute_dtype: str, block_size: int, reduce_range: bool,
+                        int4_algorithm: str = "rtn"):
     """The pass for a --method, validated (bad values raise UserError before any work)."""
     from ..passes.base import build_pass
 
@@ -25,6 +26,7 @@ def build_quantize_pass(method: str, keep: tuple[str, ...], keep_first: int | No
     config = {"method": kind, "keep": list(keep) or None, "keep_first": keep_first, "keep_last": keep_last}
     if kind == "int4":
         config["block_size"] = block_size
+        config["algorithm"] = int4_algorithm
     else:
         config["reduce_range"] = reduce_range
     return build_pass("ort_quantize", config)
@@ -100,11 +102,13 @@ def guard_options(f):
               show_default=True, help="bnb 4-bit: dtype of the matrix products.")
 @click.option("--block-size", type=int, default=32, show_default=True, help="ort-int4: weights per scale.")
 @click.option("--reduce-range", is_flag=True, help="ort-int8: 7-bit weights (slower path to accuracy; rarely better).")
+@click.option("--int4-algorithm", type=click.Choice(["rtn", "hqq"]), default="rtn", show_default=True,
+              help="ort-int4: round-to-nearest, or HQQ (optimised scales and zero points; slower to build).")
 @guard_options
 @data_options
 @output_options
 def command(model: str, method: str, keep, keep_first, keep_last, device, double_quant, compute_dtype, block_size,
-            reduce_range, max_kl, min_top1, fail_on_damage, output, force, **data) -> None:
+            reduce_range, int4_algorithm, max_kl, min_top1, fail_on_damage, output, force, **data) -> None:
     """Quantize MODEL and check the result against it on evaluation text.
 
     After quantizing, the quality guard compares the result with MODEL on the
@@ -129,7 +133,7 @@ def command(model: str, method: str, keep, keep_first, keep_last, device, double
     from ..saving import check_output_path, save_artifact
 
     quant = build_quantize_pass(method, keep, keep_first, keep_last, device, double_quant, compute_dtype, block_size,
-                                reduce_range)
+                                reduce_range, int4_algorithm)
     _, evaluation = data_specs(data)
     onnx_input = is_onnx_directory(model)
     if onnx_input and method.startswith("bnb"):

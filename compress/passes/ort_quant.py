@@ -142,6 +142,9 @@ class OrtQuantize(Pass):
     block_size: int = Field(32, ge=16)
     symmetric: bool = True
     accuracy_level: Literal[0, 1, 2, 3, 4] | None = None  # MatMulNBits compute type; 4 = int8 activations
+    # How the 4-bit codes are chosen: round-to-nearest, or HQQ (half-quadratic
+    # optimisation of scales and zero points; asymmetric, data-free, slower to build).
+    algorithm: Literal["rtn", "hqq"] = "rtn"
 
     def keep_patterns(self) -> list[str]:
         if self.keep is not None:
@@ -152,6 +155,8 @@ class OrtQuantize(Pass):
         require_onnxruntime()
         if self.block_size & (self.block_size - 1):
             raise UserError(f"ort_quantize: block_size must be a power of two (16, 32, 64, 128...), got {self.block_size}")
+        if self.algorithm != "rtn" and self.method != "int4":
+            raise UserError(f"ort_quantize: algorithm {self.algorithm!r} is for method int4; drop it for int8")
         if self.method == "int4" and not ort_runtime_has_op("MatMulNBits"):
             import onnxruntime
 
@@ -242,8 +247,15 @@ class OrtQuantize(Pass):
 
         # MatMulNBitsQuantizer quantizes every MatMul with a constant weight
         # (nodes_to_include only adds to that), so what stays float is excluded by name.
+        algo_config = None
+        if self.algorithm == "hqq":
+            from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig
+
+            algo_config = HQQWeightOnlyQuantConfig(block_size=self.block_size, bits=4,
+                                                   op_types_to_quantize=("MatMul",))
         quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=self.block_size,
                                          is_symmetric=self.symmetric, accuracy_level=self.accuracy_level,
-                                         nodes_to_exclude=excluded, op_types_to_quantize=("MatMul",))
+                                         nodes_to_exclude=excluded, op_types_to_quantize=("MatMul",),
+                                         algo_config=algo_config)
         quantizer.process()
         quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)

@@ -70,7 +70,7 @@ class Settings(BaseModel):
     new_tokens: int = Field(64, ge=2, le=4096)
     repeats: int = Field(5, ge=1, le=100)
     warmup_tokens: int = Field(8, ge=0, description="decode steps in the warm-up (after a full prefill)")
-    prefill_repeats: int = Field(3, ge=1, le=50, description="prefills timed in each process; their median is that run's value")
+    prefill_repeats: int = Field(5, ge=1, le=50, description="prefills timed in each process; their median is that run's value")
     threads: int | None = Field(None, ge=1, description="torch/ORT intra-op threads; None: all cores")
     timeout_s: float = Field(900.0, gt=0, description="a worker running longer than this is stopped and its variant failed")
     quality: bool = True

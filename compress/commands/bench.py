@@ -24,7 +24,7 @@ from ..data import BUILTIN
 @click.option("--repeats", type=int, default=None, help="Timed runs per variant, each in a fresh process [default: 5].")
 @click.option("--warmup-tokens", type=int, default=None, help="Decode steps in the warm-up, after one prefill [default: 8].")
 @click.option("--prefill-repeats", type=int, default=None,
-              help="Prefills timed in each process; the median is that repeat's value [default: 3].")
+              help="Prefills timed in each process; the median is that repeat's value [default: 5].")
 @click.option("--threads", type=int, default=None, help="Threads per measurement [default: all cores].")
 @click.option("--eval-text", default=None, help=f"Evaluation text: '{BUILTIN}', a .txt/.jsonl/.parquet file or hf:NAME[@CONFIG][:SPLIT].")
 @click.option("--eval-split", type=click.Choice(["calibration", "evaluation", "all"]), default=None,

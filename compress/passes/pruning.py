@@ -51,7 +51,9 @@ def parse_pattern(pattern: str | None) -> tuple[int, int] | None:
 def keep_mask(scores: torch.Tensor, sparsity: float, scope: Scope, pattern: tuple[int, int] | None) -> torch.Tensor:
     """Boolean mask (True = keep) for one (out, in) score matrix; `global` is handled by the caller."""
     out_f, in_f = scores.shape
-    mask = torch.ones_like(scores, dtype=torch.bool)
+    # Contiguous whatever the scores' layout: GPT-2's Conv1D scores are a transposed view, and `layer` scope
+    # indexes the mask through .view(-1).
+    mask = torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
     if pattern is not None:
         n, m = pattern
         if in_f % m:

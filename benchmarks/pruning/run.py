@@ -33,10 +33,18 @@ VARIANTS = [
     # (label, kind, [(pass name, config)])
     ("base", "base", []),
     ("magnitude 50% (per row)", "unstructured", [("magnitude_prune", {"sparsity": 0.5, "scope": "row"})]),
-    ("Wanda 50% (per row)", "unstructured", [("wanda_prune", {"sparsity": 0.5, "scope": "row"})]),
-    ("SparseGPT 50% (per row, one-shot)", "unstructured", [("sparsegpt_prune", {"sparsity": 0.5, "scope": "row"})]),
+    # One-shot: every statistic from the unpruned model; sequential: block by block, on the pruned blocks' outputs.
+    ("Wanda 50% (per row, one-shot)", "unstructured",
+     [("wanda_prune", {"sparsity": 0.5, "scope": "row", "sequential": False})]),
+    ("Wanda 50% (per row, sequential)", "unstructured",
+     [("wanda_prune", {"sparsity": 0.5, "scope": "row", "sequential": True})]),
+    ("SparseGPT 50% (per row, one-shot)", "unstructured",
+     [("sparsegpt_prune", {"sparsity": 0.5, "scope": "row", "sequential": False})]),
+    ("SparseGPT 50% (per row, sequential)", "unstructured",
+     [("sparsegpt_prune", {"sparsity": 0.5, "scope": "row", "sequential": True})]),
     ("magnitude 2:4", "unstructured", [("magnitude_prune", {"pattern": "2:4"})]),
-    ("Wanda 2:4", "unstructured", [("wanda_prune", {"pattern": "2:4"})]),
+    ("Wanda 2:4 (one-shot)", "unstructured", [("wanda_prune", {"pattern": "2:4", "sequential": False})]),
+    ("Wanda 2:4 (sequential)", "unstructured", [("wanda_prune", {"pattern": "2:4", "sequential": True})]),
     ("MLP channels -25%, magnitude", "structured", [("channel_prune", {"ratio": 0.25, "importance": "magnitude"})]),
     ("MLP channels -25%, activations", "structured", [("channel_prune", {"ratio": 0.25, "importance": "activation"})]),
     ("MLP channels -25%, activations + bias compensation", "structured",
@@ -86,6 +94,8 @@ def run(args) -> dict:
     results = {"settings": {"model": args.model, "evaluation": windows.provenance,
                             "calibration": calibration.model_dump(), "quality_threads": args.threads},
                "environment": environment(), "variants": []}
+    if args.note:
+        results["note"] = args.note
     only = set(args.only or [])
     reloaded = {}
     tmp = Path(tempfile.mkdtemp(prefix="prune-bench-"))
@@ -204,17 +214,19 @@ def report(results: dict, command: str) -> str:
                      f"{fmt_count(r['parameters'])} | {fmt_count(r['nonzero_parameters'])} | {r['prune_seconds']:.0f} |")
     lines += ["", "`pruning s`: wall time of the pass, calibration included. The calibration statistics (input norms, "
               "block changes) are collected once, by the first variant that needs them, and reused from a cache by "
-              "the others; SparseGPT collects its own."]
+              "the others; SparseGPT and every sequential variant collect their own (sequential: block by block, "
+              "each block's statistics on the outputs of the blocks already pruned)."]
     if not with_kl:
         lines += ["", "KL and top-1 agreement with the base were not measured in this run (`--kl` doubles the "
                   "evaluation cost; the machine was shared)."]
     emb = results.get("embedding_parameters")
     lines += ["", "Parameters count every tensor once"
-              + (f" (the tied embedding/LM head included, {fmt_count(emb)} of them)." if emb else "."),
-              "Structured variants were saved and reloaded with a stock `AutoModelForCausalLM.from_pretrained`; "
-              "largest logit difference from the in-memory model: "
-              + ", ".join(f"{r['label']}: {r['reload_max_abs_logit_diff']:.1e}"
-                          for r in results["variants"] if "reload_max_abs_logit_diff" in r) + "."]
+              + (f" (the tied embedding/LM head included, {fmt_count(emb)} of them)." if emb else ".")]
+    reloads = [f"{r['label']}: {r['reload_max_abs_logit_diff']:.1e}"
+               for r in results["variants"] if "reload_max_abs_logit_diff" in r]
+    if reloads:  # a run of unstructured variants only has none
+        lines.append("Structured variants were saved and reloaded with a stock `AutoModelForCausalLM.from_pretrained`; "
+                     "largest logit difference from the in-memory model: " + ", ".join(reloads) + ".")
     checks = []
     for r in results["variants"]:
         if not r["passes"]:
@@ -275,6 +287,7 @@ def main() -> None:
                     help="only build the structured variants and time them (no perplexity); their shapes, not which "
                     "channels were chosen, decide the speed, so a small --calib-samples is enough")
     ap.add_argument("--only", nargs="*", help="only these variant labels (and the base)")
+    ap.add_argument("--note", default="", help="a note on the conditions of the run, written into the JSON and Markdown")
     ap.add_argument("--out", default=str(HERE))
     ap.add_argument("--name", default="results", help="file stem of the results (NAME.json, NAME.md)")
     ap.add_argument("--report-only", action="store_true")

@@ -12,7 +12,7 @@ STRUCTURES = {"channels": "channel_prune", "heads": "head_prune", "layers": "lay
 
 def build_prune_pass(method: str, sparsity: float, pattern: str | None, scope: str, structure: str | None,
                      head_mode: str, skip_first_last: bool, bias_compensation: bool, include: tuple[str, ...], exclude: tuple[str, ...],
-                     include_lm_head: bool):
+                     include_lm_head: bool, sequential: bool | None = None):
     """The pass the options describe, validated (one-line UserError on a bad combination)."""
     from ..passes.base import build_pass
 
@@ -25,10 +25,15 @@ def build_prune_pass(method: str, sparsity: float, pattern: str | None, scope: s
         name = {"magnitude": "magnitude_prune", "sparsegpt": "sparsegpt_prune"}.get(method, "wanda_prune")
         config = {"sparsity": sparsity, "scope": scope, "pattern": pattern, "include": list(include) or None,
                   "exclude": list(exclude) or None, "include_lm_head": include_lm_head}
+        if sequential is not None:
+            if method == "magnitude":
+                raise UserError("--sequential / --one-shot choose how calibration statistics are collected; "
+                                "--method magnitude uses none")
+            config["sequential"] = sequential
         return build_pass(name, config)
-    if pattern is not None or include or exclude or include_lm_head:
-        raise UserError("--pattern, --include, --exclude and --include-lm-head apply to unstructured pruning; "
-                        "drop them or drop --structure")
+    if pattern is not None or include or exclude or include_lm_head or sequential is not None:
+        raise UserError("--pattern, --include, --exclude, --include-lm-head and --sequential / --one-shot apply to "
+                        "unstructured pruning; drop them or drop --structure")
     if method == "sparsegpt":
         raise UserError("--method sparsegpt is unstructured; for --structure use magnitude or activation")
     importance = "magnitude" if method == "magnitude" else "activation"
@@ -85,6 +90,10 @@ def model_config(ref: str):
 @click.option("--include", multiple=True, help="Glob of module names to prune (repeatable; default: every projection).")
 @click.option("--exclude", multiple=True, help="Glob of module names to leave alone (repeatable).")
 @click.option("--include-lm-head", is_flag=True, help="Also prune the output head (off by default).")
+@click.option("--sequential/--one-shot", default=None,
+              help="wanda / sparsegpt: collect each decoder block's calibration statistics on the outputs of the "
+              "blocks already pruned, as the papers do (default; about twice the calibration cost), or all of them "
+              "in one pass of the unpruned model (default with --scope global, which needs every score at once).")
 @data_options
 @output_options
 def command(model: str, output: str, force: bool, **kw) -> None:

@@ -10,24 +10,31 @@ pruning passes use:
 * for every decoder block, the mean over tokens of 1 - cos(block input, block
   output), how much the block changes the hidden state.
 
-Hooks are removed in a ``finally`` block, whatever happens. The result is
+Hooks are registered through `hooked`, which removes them whatever happens. The result is
 cached for the last few (model weights, windows) pairs, keyed by a fingerprint
 of every parameter, so passes that start from the same model (Wanda at 50% and
 at 2:4, channel and head scoring from one base) calibrate once; a model whose
 weights changed (say, pruned by an earlier pass) gets fresh statistics.
+
+Sequential (block-by-block) pruning cannot use one pass of the unpruned model;
+it collects input norms with `input_norms_while`, over whatever its driver
+feeds one block (sequential.py), uncached.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 import torch
 from torch import nn
 
 from ..data import Windows
-from ..layers import weight_matrices
+from ..layers import WeightMatrix, weight_matrices
 from ..progress import progress
 
 _CACHE: "OrderedDict[tuple, CalibrationStats]" = OrderedDict()
@@ -67,29 +74,55 @@ def _fingerprint(model, windows: Windows) -> tuple:
     return (h.hexdigest(),)
 
 
+class ChannelStats:
+    """Running sum of squares, sum and count of every input channel of the hooked projections."""
+
+    def __init__(self):
+        self.squares: dict[str, torch.Tensor] = {}
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def hook(self, name: str):
+        def hook(module, args):
+            x = args[0].detach().float().reshape(-1, args[0].shape[-1])
+            s, f = x.pow(2).sum(0).double(), x.sum(0).double()
+            if name in self.squares:
+                self.squares[name], self.sums[name] = self.squares[name] + s, self.sums[name] + f
+                self.counts[name] += x.shape[0]
+            else:
+                self.squares[name], self.sums[name], self.counts[name] = s, f, x.shape[0]
+
+        return hook
+
+    def norms(self) -> dict[str, torch.Tensor]:
+        return {n: s.sqrt().float() for n, s in self.squares.items()}
+
+    def means(self) -> dict[str, torch.Tensor]:
+        return {n: (f / self.counts[n]).float() for n, f in self.sums.items()}
+
+
+@contextmanager
+def hooked(*registrations):
+    """Register hooks (each a zero-argument callable returning a handle) and remove them all on exit, whatever happens."""
+    handles = []
+    try:
+        for register in registrations:
+            handles.append(register())
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def collect(model, windows: Windows, desc: str = "calibration") -> CalibrationStats:
     """Statistics of `model` on `windows` (cached; see the module docstring)."""
     key = _fingerprint(model, windows)
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
-    sums: dict[str, torch.Tensor] = {}
-    firsts: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
+    channels = ChannelStats()
     blocks = decoder_blocks(model)
     change = [[0.0, 0] for _ in blocks]
-    handles = []
-
-    def norm_hook(name):
-        def hook(module, args):
-            x = args[0].detach().float().reshape(-1, args[0].shape[-1])
-            s, f = x.pow(2).sum(0).double(), x.sum(0).double()
-            if name in sums:
-                sums[name], firsts[name], counts[name] = sums[name] + s, firsts[name] + f, counts[name] + x.shape[0]
-            else:
-                sums[name], firsts[name], counts[name] = s, f, x.shape[0]
-
-        return hook
 
     def block_hook(i):
         def hook(module, args, kwargs, output):
@@ -101,18 +134,14 @@ def collect(model, windows: Windows, desc: str = "calibration") -> CalibrationSt
 
         return hook
 
-    try:
-        for t in weight_matrices(model, include_lm_head=True):
-            handles.append(t.module.register_forward_pre_hook(norm_hook(t.name)))
-        for i, b in enumerate(blocks):
-            handles.append(b.register_forward_hook(block_hook(i), with_kwargs=True))
+    projections = [partial(t.module.register_forward_pre_hook, channels.hook(t.name))
+                   for t in weight_matrices(model, include_lm_head=True)]
+    block_hooks = [partial(b.register_forward_hook, block_hook(i), with_kwargs=True) for i, b in enumerate(blocks)]
+    with hooked(*projections, *block_hooks):
         run_calibration(model, windows, desc)
-    finally:
-        for h in handles:
-            h.remove()
     stats = CalibrationStats(
-        input_norms={n: s.sqrt().float() for n, s in sums.items()},
-        input_means={n: (f / counts[n]).float() for n, f in firsts.items()},
+        input_norms=channels.norms(),
+        input_means=channels.means(),
         block_change=[s / max(n, 1) for s, n in change],
         tokens=int(windows.input_ids.numel()),
     )
@@ -122,13 +151,24 @@ def collect(model, windows: Windows, desc: str = "calibration") -> CalibrationSt
     return stats
 
 
-def input_norms(model, names: list[str], windows: Windows, desc: str = "calibration") -> dict[str, torch.Tensor]:
-    """L2 norm of each input channel of the named projections over the calibration windows."""
-    stats = collect(model, windows, desc)
-    missing = [n for n in names if n not in stats.input_norms]
+def _checked(found: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
+    missing = [n for n in names if n not in found]
     if missing:
         raise RuntimeError(f"calibration never reached {missing[:3]}; the model's forward skips these modules")
-    return {n: stats.input_norms[n] for n in names}
+    return {n: found[n] for n in names}
+
+
+def input_norms_while(targets: list[WeightMatrix], run: Callable[[], None]) -> dict[str, torch.Tensor]:
+    """Input-channel L2 norms of `targets` over whatever `run()` feeds them (not cached: for sequential pruning)."""
+    channels = ChannelStats()
+    with hooked(*(partial(t.module.register_forward_pre_hook, channels.hook(t.name)) for t in targets)):
+        run()
+    return _checked(channels.norms(), [t.name for t in targets])
+
+
+def input_norms(model, names: list[str], windows: Windows, desc: str = "calibration") -> dict[str, torch.Tensor]:
+    """L2 norm of each input channel of the named projections over the calibration windows."""
+    return _checked(collect(model, windows, desc).input_norms, names)
 
 
 def clear_cache() -> None:

@@ -19,22 +19,32 @@ Two scores:
   is the L2 norm of input channel j over the calibration tokens. A weight
   feeding a channel that carries large activations is kept even if it is
   small. Compared within each output row by default, as the method intends.
+
+The activation-aware passes (Wanda here, SparseGPT in sparsegpt.py) collect
+their statistics either block by block (``sequential: true``, the default, as
+the papers' reference code does: block i's on the outputs of blocks 0..i-1
+already pruned; see sequential.py) or in one calibration pass of the unpruned
+model (``sequential: false``; needed by ``scope: global``, which ranks every
+matrix at once). One-shot Wanda shares the cached statistics of
+calibration.py with channel and head scoring.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..artifact import Artifact
+from ..data import Windows
 from ..errors import UserError
 from ..layers import WeightMatrix, count_parameters, weight_matrices
 from ..progress import progress
 from .base import Pass, PassContext
-from .calibration import input_norms
+from .calibration import input_norms, input_norms_while, run_calibration
+from .sequential import prune_block_by_block
 
 Scope = Literal["row", "layer", "global"]
 
@@ -51,7 +61,9 @@ def parse_pattern(pattern: str | None) -> tuple[int, int] | None:
 def keep_mask(scores: torch.Tensor, sparsity: float, scope: Scope, pattern: tuple[int, int] | None) -> torch.Tensor:
     """Boolean mask (True = keep) for one (out, in) score matrix; `global` is handled by the caller."""
     out_f, in_f = scores.shape
-    mask = torch.ones_like(scores, dtype=torch.bool)
+    # Contiguous whatever the scores' layout: GPT-2's Conv1D scores are a transposed view, and `layer` scope
+    # indexes the mask through .view(-1).
+    mask = torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
     if pattern is not None:
         n, m = pattern
         if in_f % m:
@@ -114,7 +126,11 @@ class UnstructuredPrune(Pass):
     def prune_weights(self, artifact: Artifact, targets: list[WeightMatrix], ctx: PassContext,
                       pattern: tuple[int, int] | None) -> None:
         """Zero the weights with the lowest scores."""
-        scores = self.scores(artifact, targets, ctx)
+        self.zero_lowest(targets, self.scores(artifact, targets, ctx), pattern)
+
+    def zero_lowest(self, targets: list[WeightMatrix], scores: dict[str, torch.Tensor],
+                    pattern: tuple[int, int] | None) -> None:
+        """Zero the lowest-scored weights of `targets` as the scope / pattern says."""
         masks: dict[str, torch.Tensor] = {}
         if self.scope == "global" and pattern is None:
             flat = torch.cat([scores[t.name].flatten().float() for t in targets])
@@ -161,13 +177,66 @@ class MagnitudePrune(UnstructuredPrune):
         return {t.name: t.weight.abs() for t in targets}
 
 
-class WandaPrune(UnstructuredPrune):
+class CalibratedPrune(UnstructuredPrune):
+    """Pruning from calibration statistics, collected one-shot or block by block (``sequential``).
+
+    Subclasses implement `prune_group`: collect the statistics of some targets
+    while `run()` feeds them calibration inputs, then prune those targets.
+    Sequential mode calls it once per decoder block, on the outputs of the
+    blocks already pruned (see sequential.py); one-shot mode calls it once for
+    every target, over a calibration pass of the unpruned model.
+    """
+
+    needs_calibration = True
+    sequential: bool = Field(True, description="collect each decoder block's statistics on the outputs of the blocks "
+                             "already pruned, as the papers do (false: one calibration pass of the unpruned model)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _global_is_one_shot(cls, data):
+        # One threshold over all matrices needs every score before any block is pruned: one-shot unless told otherwise.
+        if isinstance(data, dict) and data.get("scope") == "global" and "sequential" not in data:
+            data = {**data, "sequential": False}
+        return data
+
+    @model_validator(mode="after")
+    def _sequential_is_not_global(self):
+        if self.sequential and self.scope == "global":
+            raise ValueError("scope global ranks every matrix together, so it cannot prune block by block; "
+                             "use sequential: false (--one-shot) or scope row / layer")
+        return self
+
+    def prune_weights(self, artifact: Artifact, targets: list[WeightMatrix], ctx: PassContext,
+                      pattern: tuple[int, int] | None) -> None:
+        windows = ctx.calibration_windows(artifact.tokenizer)
+        if self.sequential:
+            prune_block_by_block(artifact.model, targets, windows,
+                                 lambda group, run: self.prune_group(group, run, pattern), desc=self.name)
+        else:
+            self.prune_one_shot(artifact.model, targets, windows, pattern)
+
+    def prune_one_shot(self, model, targets: list[WeightMatrix], windows: Windows,
+                       pattern: tuple[int, int] | None) -> None:
+        self.prune_group(targets, lambda: run_calibration(model, windows, f"{self.name} calibration"), pattern)
+
+    def prune_group(self, targets: list[WeightMatrix], run: Callable[[], None],
+                    pattern: tuple[int, int] | None) -> None:
+        raise NotImplementedError
+
+
+class WandaPrune(CalibratedPrune):
     """Zero the weights with the smallest |W| * ||X|| (activation-aware; needs calibration text)."""
 
     name = "wanda_prune"
-    needs_calibration = True
 
-    def scores(self, artifact, targets, ctx):
-        windows = ctx.calibration_windows(artifact.tokenizer)
-        norms = input_norms(artifact.model, [t.name for t in targets], windows, desc="wanda calibration")
+    @staticmethod
+    def wanda_scores(targets: list[WeightMatrix], norms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {t.name: t.weight.abs() * norms[t.name].to(t.weight.dtype).unsqueeze(0) for t in targets}
+
+    def prune_one_shot(self, model, targets, windows, pattern):
+        # The shared, cached statistics of the unpruned model (also used by channel and head scoring).
+        norms = input_norms(model, [t.name for t in targets], windows, desc="wanda calibration")
+        self.zero_lowest(targets, self.wanda_scores(targets, norms), pattern)
+
+    def prune_group(self, targets, run, pattern):
+        self.zero_lowest(targets, self.wanda_scores(targets, input_norms_while(targets, run)), pattern)

@@ -10,34 +10,34 @@ each dropped or kept column is spread over the columns not yet processed
 through the Cholesky factor of H^-1, so the layer's output on the calibration
 inputs changes as little as possible.
 
-This implementation is one-shot: every Hessian comes from the unpruned model in
-one calibration pass (the paper's reference runs block by block, feeding each
-block the output of the already pruned ones). ``scope: global`` is not offered
-(the method works one layer at a time).
+By default the Hessians are collected block by block, as in the paper's
+reference: block i's on the outputs of blocks 0..i-1 already pruned and
+updated (``sequential: true``, see sequential.py); ``sequential: false`` takes
+them all from the unpruned model in one calibration pass. ``scope: global`` is
+not offered (the method works one layer at a time).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from functools import partial
+from typing import Callable, Literal
 
 import torch
 from pydantic import Field
 
-from ..artifact import Artifact
 from ..layers import WeightMatrix
 from ..progress import progress
-from .base import PassContext
-from .calibration import run_calibration
-from .pruning import UnstructuredPrune
+from .calibration import hooked
+from .pruning import CalibratedPrune
 
 
-def collect_hessians(model, targets: list[WeightMatrix], windows, desc: str = "sparsegpt calibration") -> dict:
-    """X^T X / tokens for each target's input; projections fed the same tensor (q/k/v, gate/up) share one."""
+def collect_hessians(targets: list[WeightMatrix], run: Callable[[], None]) -> dict:
+    """X^T X / tokens for each target's input over what `run()` feeds it; projections fed the same tensor
+    (q/k/v, gate/up) share one."""
     hessians: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     alias: dict[str, str] = {}
     last: dict = {"input": None, "name": None}
-    handles = []
 
     def hook_for(name):
         def hook(module, args):
@@ -54,12 +54,9 @@ def collect_hessians(model, targets: list[WeightMatrix], windows, desc: str = "s
         return hook
 
     try:
-        for t in targets:
-            handles.append(t.module.register_forward_pre_hook(hook_for(t.name)))
-        run_calibration(model, windows, desc)
+        with hooked(*(partial(t.module.register_forward_pre_hook, hook_for(t.name)) for t in targets)):
+            run()
     finally:
-        for h in handles:
-            h.remove()
         last["input"] = None
     result = {}
     for t in targets:
@@ -125,20 +122,17 @@ def sparsegpt_prune_matrix(w: torch.Tensor, hessian: torch.Tensor, sparsity: flo
     return W.to(w.dtype)
 
 
-class SparseGPTPrune(UnstructuredPrune):
-    """Zero weights by the SparseGPT criterion and update the remaining ones to compensate (one-shot)."""
+class SparseGPTPrune(CalibratedPrune):
+    """Zero weights by the SparseGPT criterion and update the remaining ones to compensate."""
 
     name = "sparsegpt_prune"
-    needs_calibration = True
 
     scope: Literal["row", "layer"] = "row"  # type: ignore[assignment]
     block_size: int = Field(128, ge=1, description="columns processed together")
     damp: float = Field(0.01, gt=0.0, lt=1.0, description="dampening added to the Hessian's diagonal (share of its mean)")
 
-    def prune_weights(self, artifact: Artifact, targets: list[WeightMatrix], ctx: PassContext,
-                      pattern: tuple[int, int] | None) -> None:
-        windows = ctx.calibration_windows(artifact.tokenizer)
-        hessians = collect_hessians(artifact.model, targets, windows)
+    def prune_group(self, targets, run, pattern):
+        hessians = collect_hessians(targets, run)
         for t in progress(targets, desc=self.name, unit="layer"):
             pruned = sparsegpt_prune_matrix(t.weight, hessians.pop(t.name), self.sparsity, self.scope, pattern,
                                             self.block_size, self.damp)

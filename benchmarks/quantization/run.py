@@ -44,6 +44,9 @@ VARIANTS: dict[str, tuple[str, list]] = {
                                                   "keep_first": 2, "keep_last": 2})]),
     "ort-int4-mixed-asym": ("onnx", [("ort_quantize", {"method": "int4", "block_size": 32, "symmetric": False,
                                                        "keep": ["*.mlp.down_proj"], "keep_first": 2, "keep_last": 2})]),
+    "ort-int4-hqq": ("onnx", [("ort_quantize", {"method": "int4", "block_size": 32, "algorithm": "hqq"})]),
+    "ort-int4-hqq-mixed": ("onnx", [("ort_quantize", {"method": "int4", "block_size": 32, "algorithm": "hqq",
+                                                      "keep": ["*.mlp.down_proj"], "keep_first": 2, "keep_last": 2})]),
     # The trap from the issue, kept to show the guard catches it: every weight
     # MatMul (down projections and edge blocks included), signed int8, one
     # scale per tensor, no reduce_range.
@@ -51,7 +54,7 @@ VARIANTS: dict[str, tuple[str, list]] = {
                                                   "per_channel": False, "weight_type": "int8"})]),
 }
 SPEED_VARIANTS = ["pytorch-fp32", "bnb-int8", "bnb-nf4", "bnb-nf4-mixed", "ort-fp32", "ort-int8", "ort-int4",
-                  "ort-int4-mixed"]
+                  "ort-int4-mixed", "ort-int4-hqq"]
 
 
 def dir_size(path: Path) -> int:
@@ -225,21 +228,20 @@ def report(data: dict, _unused=None) -> str:
         "Quality: " + "; then ".join(f"`{c}`" for c in data.get("quality_commands", [])) +
         f"; speed: `{data.get('speed_command')}`; "
         f"table written on {env['date']} (`--stages report`). Variants were built first with `--stages build`. "
-        "The quality and speed stages ran at the same time (to fit the deadline), "
-        "so the speed runs shared the CPU with the quality run as well as with other jobs.",
+        "Quality numbers do not depend on the machine's load; speed numbers do: see the load average below.",
         "",
         f"- CPU: {env['cpu']}, {env['cores']} cores (AVX2: {env['avx2']}, AVX512-VNNI: {env['avx512_vnni']}, "
-        f"AVX-VNNI: {env['avx_vnni']}); no GPU. Other jobs (three other helpers) were running on the machine, "
-        "so absolute speeds are noisy; compare ratios from this run only.",
+        f"AVX-VNNI: {env['avx_vnni']}); no GPU. Load average (1/5/15 min) around the speed stage: "
+        f"{data.get('speed_load_average', 'not recorded (that run shared the CPU with other jobs, load near 9)')}; "
+        "compare speed ratios from this run only.",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
         f"- Quality: WikiText-2 valid (tokenized), `{EVAL_TEXT.name}` as is, the first {data['windows']} "
         f"non-overlapping windows of 1,024 tokens ({q['pytorch-fp32']['tokens']} scored tokens; fewer than the "
-        "protocol's 16 to fit the shared CPU's time). KL is mean KL(base ‖ variant) per token, top-1 is the share "
+        "protocol's 16, to fit a CPU shared with other jobs). KL is mean KL(base ‖ variant) per token, top-1 is the share "
         "of positions where both models' most likely next token agree; the base is PyTorch fp32.",
         f"- Speed: batch 1, {data['prompt_len']}-token prompt, {data['new_tokens']} new tokens, greedy; each variant "
         f"in its own process, {data['rounds']} interleaved rounds × {data['repeats']} repeats after one 8-token "
-        f"warm-up, {data.get('threads') or 'default'} thread(s) per process for torch and ONNX Runtime "
-        "(fewer repeats and threads than the protocol asks: the shared CPU ran at a load average near 9); "
+        f"warm-up, {data.get('threads') or 'default'} thread(s) per process for torch and ONNX Runtime; "
         "median (min–max). Prefill = time of a 1-token generation; decode tok/s = (new tokens − 1) / "
         "(time of the full generation − prefill). Peak memory = peak RSS of the measuring process (largest over rounds).",
         "- Size on disk: the saved output directory's weights (model.safetensors or model.onnx), tokenizer and config.",
@@ -322,9 +324,11 @@ def main() -> None:
                         "sizes": {n: dir_size(work / n) for n in results}})
     if "speed" in stages:
         timed = [n for n in names if n in SPEED_VARIANTS]
+        load_before = [round(x, 2) for x in os.getloadavg()]
         results = speed(work, timed, args.rounds, args.repeats, args.prompt_len, args.new_tokens)
         save(raw_path, {"speed": results, "threads": args.threads, "rounds": args.rounds, "repeats": args.repeats,
-                        "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "speed_command": command})
+                        "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "speed_command": command,
+                        "speed_load_average": {"start": load_before, "end": [round(x, 2) for x in os.getloadavg()]}})
     if "report" in stages:
         data = save(raw_path, {"environment": environment()})
         (HERE / "results.md").write_text(report(data, data))

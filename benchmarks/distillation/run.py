@@ -185,8 +185,11 @@ def phase_speed(args):
     from compress.models import load_artifact
 
     work = Path(args.work)
-    models = {"teacher": load_artifact(args.model), "recovered": load_artifact(str(work / "recovery")),
-              "shallow (distilled)": load_artifact(str(work / "layers-kd"))}
+    # Decode speed depends on the architecture, not on the weights: when the
+    # distilled half-depth student is not on disk, its untrained copy stands in.
+    shallow = work / "layers-kd" if (work / "layers-kd").is_dir() else work / "shallow"
+    models = {"teacher": load_artifact(args.model), "recovered": load_artifact(str(work / ("recovery" + args.tag))),
+              f"half-depth ({shallow.name})": load_artifact(str(shallow))}
     text = load_text(TextSpec(source=args.text, split="calibration")).text
     prompt = torch.tensor([tokenize(models["teacher"].tokenizer, text)[:128]])
     samples: dict[str, dict[str, list[float]]] = {k: {"prefill_s": [], "decode_tok_s": []} for k in models}
@@ -222,7 +225,8 @@ def environment() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "versions": library_versions()}
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "versions": library_versions(),
+            "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
 def phase_table(args):
@@ -231,8 +235,9 @@ def phase_table(args):
                         key=lambda r: (r["config"]["steps"], r["config"]["lr"]))
     env = load_json("environment") or environment()
     lines = ["# Distillation benchmark", "",
-             f"Date (start of the last phase run): {env.get('date')}. CPU: {env['cpu']}, {env['cores']} cores, shared with other jobs "
-             "(three other helpers were running on the same 2 cores, so wall times are noisy).", "",
+             f"Date (start of the last phase run): {env.get('date')}. CPU: {env['cpu']}, {env['cores']} cores; load "
+             f"average when that phase started: {env.get('load_average', 'not recorded')} (above 0 means other jobs "
+             "shared the cores, so wall times are upper bounds).", "",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), ""]
     if prep:
         ev = prep["eval_data"]
@@ -247,7 +252,7 @@ def phase_table(args):
         lines += [f"Training text: {td['source']} ({td['split']} part, {td['windows']} windows of {td['seq_len']} "
                   "tokens), never the evaluation windows. Same domain as the evaluation text.", ""]
         c = kd["config"]
-        lines += [f"Settings: AdamW, {c['warmup_steps']} warm-up steps then {c['schedule']} decay to "
+        lines += [f"Settings: AdamW, warm-up steps (per row) then {c['schedule']} decay to "
                   f"{c['min_lr_ratio']}x the peak lr, clip {c['clip_norm']}, seed {c['seed']}, {c['dtype']}, torch "
                   f"threads {(prep or {}).get('torch_threads')}; steps, batch and lr per row. Distilled runs: forward "
                   f"KL at T={c['temperature']} only; the cross-entropy run: cross-entropy only.", ""]
@@ -272,7 +277,7 @@ def phase_table(args):
             gap_before = prep["pruned_perplexity"] - prep["teacher_perplexity"]
             gap_after = rec["perplexity_after"] - prep["teacher_perplexity"]
             closed = 1 - gap_after / gap_before
-            lines += [f"Recovery ({run_settings(rec)}) closed {closed:.0%} of the pruned student's perplexity gap "
+            lines += [f"Recovery ({run_settings(rec)}) closed {closed:.2%} of the pruned student's perplexity gap "
                       f"to the teacher ({gap_before:.2f} -> {gap_after:.2f}); target: at least 50%: "
                       f"{'met' if closed >= 0.5 else 'NOT met'}.", ""]
         if kd and ce:
@@ -315,7 +320,7 @@ def phase_table(args):
 
 def run_settings(run) -> str:
     c = run["config"]
-    return f"{c['steps']} steps x {c['batch_size']} x {c['seq_len']} tokens, lr {c['lr']}"
+    return f"{c['steps']} steps x {c['batch_size']} x {c['seq_len']} tokens, lr {c['lr']}, {c['warmup_steps']} warm-up"
 
 
 def cmd(prep):

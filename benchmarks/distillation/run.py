@@ -215,16 +215,10 @@ def phase_speed(args):
 
 
 def environment() -> dict:
+    from compress.bench.metrics import cpu_model
     from compress.saving import library_versions
 
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "versions": library_versions(),
             "load_average": [round(x, 2) for x in os.getloadavg()]}
 

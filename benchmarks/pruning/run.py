@@ -56,16 +56,10 @@ VARIANTS = [
 
 
 def environment() -> dict:
+    from compress.bench.metrics import cpu_model
     from compress.saving import library_versions
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {"cpu": cpu, "cores": os.cpu_count(), "versions": library_versions(), "platform": platform.platform()}
 
 

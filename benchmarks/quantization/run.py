@@ -200,12 +200,9 @@ def speed(work: Path, names: list[str], rounds: int, repeats: int, prompt_len: i
 def environment() -> dict:
     from compress.saving import library_versions
 
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    from compress.bench.metrics import cpu_model
+
+    cpu = cpu_model()
     flags = open("/proc/cpuinfo").read()
     return {"cpu": cpu, "cores": os.cpu_count(), "avx2": " avx2" in flags, "avx512_vnni": "avx512_vnni" in flags,
             "avx_vnni": " avx_vnni" in flags, "platform": platform.platform(), "versions": library_versions(),

@@ -12,7 +12,10 @@ never stops the others:
 3. *Speed*: ``repeats`` rounds; in each round every variant runs once, each in
    a fresh process, the order rotated by one each round. Interleaving spreads
    slow drift of the machine (other jobs, thermal state) over all variants
-   instead of loading it onto whichever ran last.
+   instead of loading it onto whichever ran last. Where they fit in memory,
+   the round's processes also take turns (turns.py): loaded one after the
+   other, then timed a segment each in turn, so drift within seconds cancels
+   in the ratios too.
 4. *Quality*: one process computes the base's logits once and compares every
    variant with them on the same windows; if it dies, the variant it was on is
    marked failed and a fresh process carries on with the rest.
@@ -129,39 +132,40 @@ class Workers:
             env["OMP_NUM_THREADS"] = str(self.threads)
         return env
 
-    def run(self, mode: str, job: dict, on_event: Callable[[dict], None] | None = None) -> WorkerResult:
+    def start(self, mode: str, job: dict, pass_fds: tuple[int, ...] = ()) -> "LiveWorker":
+        """Start a worker and return at once; `pass_fds` are pipe ends the child keeps (turn-taking)."""
         self._count += 1
         stem = self.scratch / f"{self._count:04d}-{mode}"
         job_path, events_path, log_path = stem.with_suffix(".json"), stem.with_suffix(".jsonl"), stem.with_suffix(".log")
         job_path.write_text(json.dumps({**job, "threads": self.threads, "progress": self.verbose}, default=str))
         events_path.write_text("")
-        args = [mode, str(job_path), str(events_path)]
-        events: list[dict] = []
-        seen = 0
-        timed_out = False
-        with open(log_path, "w") as err:
-            proc = self._start(args, err)
-            start = time.monotonic()
-            while True:
-                done = proc.finished(0.5)
-                seen = self._read_events(events_path, events, seen, on_event)
-                if done:
-                    break
-                if time.monotonic() - start > self.timeout:
-                    proc.kill()  # only the worker this call started
-                    timed_out = True
-                    seen = self._read_events(events_path, events, seen, on_event)
-                    break
-        tail = log_path.read_text(errors="replace")[-4000:]
-        return WorkerResult(events, proc.returncode, tail, timed_out)
+        err = open(log_path, "w")
+        proc = self._start([mode, str(job_path), str(events_path)], err, pass_fds)
+        return LiveWorker(proc, events_path, log_path, err)
 
-    def _start(self, args: list[str], err) -> "_Process":
+    def run(self, mode: str, job: dict, on_event: Callable[[dict], None] | None = None) -> WorkerResult:
+        live = self.start(mode, job)
+        start = time.monotonic()
+        while True:
+            done = live.proc.finished(0.5)
+            live.poll(on_event)
+            if done:
+                break
+            if time.monotonic() - start > self.timeout:
+                live.proc.kill()  # only the worker this call started
+                live.timed_out = True
+                live.poll(on_event)
+                break
+        return live.result()
+
+    def _start(self, args: list[str], err, pass_fds: tuple[int, ...] = ()) -> "_Process":
         if self.isolation == "exec":
             cmd = [sys.executable, "-m", "compress.bench.worker", *args]
             return _Process(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=self.env(),
-                                             cwd=str(self.scratch)))
+                                             cwd=str(self.scratch), pass_fds=pass_fds))
         import multiprocessing
 
+        # A forked child inherits every descriptor, pipe ends included.
         child = multiprocessing.get_context("fork").Process(target=_forked_worker, args=(args, err.fileno(), self.threads))
         child.start()
         return _Process(child)
@@ -181,6 +185,25 @@ class Workers:
                 on_event(event)
             seen += 1
         return seen
+
+
+class LiveWorker:
+    """A started worker: its process, and the events it has written so far."""
+
+    def __init__(self, proc: "_Process", events_path: Path, log_path: Path, err):
+        self.proc, self.events_path, self.log_path, self._err = proc, events_path, log_path, err
+        self.events: list[dict] = []
+        self._seen = 0
+        self.timed_out = False
+
+    def poll(self, on_event: Callable[[dict], None] | None = None) -> None:
+        self._seen = Workers._read_events(self.events_path, self.events, self._seen, on_event)
+
+    def result(self) -> WorkerResult:
+        self.poll()
+        self._err.close()
+        tail = self.log_path.read_text(errors="replace")[-4000:]
+        return WorkerResult(self.events, self.proc.returncode, tail, self.timed_out)
 
 
 class _Process:
@@ -338,9 +361,10 @@ def run_bench(suite: Suite, output: str | Path, force: bool = False, work_dir: s
     work.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="jobs-", dir=work))
     workers = Workers(scratch, s.threads, s.timeout_s, verbose, isolation)
+    interleaved = None
     try:
         _build(variants, suite, workers, work)
-        _speed(variants, suite, workers, text)
+        interleaved = _speed(variants, suite, workers, text)
         evaluation_data = _quality(variants, suite, workers) if s.quality else None
         for v in variants:
             if v.path and Path(v.path).exists():
@@ -359,7 +383,10 @@ def run_bench(suite: Suite, output: str | Path, force: bool = False, work_dir: s
         "base": BASE_NAME,
         "settings": {
             **s.model_dump(mode="json"),
-            "order": "round-robin: every repeat runs each variant once, in a fresh process; the order rotates by one each repeat",
+            "order": "round-robin: every repeat runs each variant once, in a fresh process; the order rotates by one each repeat"
+                     + ("; the round's processes take turns, one timed segment (a prefill or "
+                        f"{s.decode_chunk} decode steps) each" if interleaved and interleaved.startswith("turns") else ""),
+            "interleaved": interleaved,
             "prompt_source": text_provenance,
             "evaluation": suite.evaluation.model_dump(mode="json"),
             "sample": suite.sample.model_dump(mode="json"),
@@ -396,37 +423,74 @@ def _build(variants: list[Variant], suite: Suite, workers: Workers, work: Path) 
             v.fail("plan", str(exc))
 
 
-def _speed(variants: list[Variant], suite: Suite, workers: Workers, text: str) -> None:
+def choose_interleave(variants: list[Variant], settings) -> tuple[str, str]:
+    """'turns' or 'processes' for this run, and why (for the log and the report)."""
+    from .metrics import directory_size, meminfo_bytes
+
+    if settings.interleave != "auto":
+        return settings.interleave, "as asked"
+    if any(v.device != "cpu" for v in variants):
+        # Several CUDA contexts and models at once could run the GPU out of memory, and GPU
+        # timings drift far less than a shared CPU's.
+        return "processes", "a variant runs on CUDA"
+    weights = sum((directory_size(v.path) or {}).get("total_bytes", 0) for v in variants if v.path)
+    available = meminfo_bytes("MemAvailable")
+    # float32 weights take about their file size in memory; twice that leaves room for activations and caches.
+    if available is not None and 2 * weights > available:
+        return "processes", (f"the variants' weights ({weights / 2**30:.1f} GiB, twice that resident) do not fit "
+                             f"in the available memory ({available / 2**30:.1f} GiB)")
+    return "turns", "all variants fit in memory at once"
+
+
+def _speed(variants: list[Variant], suite: Suite, workers: Workers, text: str) -> str:
+    """Time every runnable variant `repeats` times; returns how the rounds were interleaved (for the report)."""
     s = suite.settings
     runnable = [v for v in variants if v.runnable]
-    total = s.repeats * len(runnable)
+    mode, why = choose_interleave(runnable, s)
     log.info(f"Timing {len(runnable)} variants x {s.repeats} repeats, each in a fresh process "
-             f"(prompt {', '.join(map(str, s.prompt_lens))} tokens, {s.new_tokens} new tokens)")
-    bar = progress(total=total, desc="speed", unit="run")
+             f"(prompt {', '.join(map(str, s.prompt_lens))} tokens, {s.new_tokens} new tokens); "
+             f"{'processes take turns' if mode == 'turns' else 'one process at a time'}: {why}")
+    bar = progress(total=s.repeats * len(runnable), desc="speed", unit="run")
+
+    def job_for(v: Variant) -> dict:
+        return {"name": v.name, "path": v.path, "backend": v.backend, "device": v.device, "dtype": v.dtype,
+                "prompt_text": text, "prompt_lens": s.prompt_lens, "new_tokens": s.new_tokens,
+                "warmup_tokens": s.warmup_tokens, "prefill_repeats": s.prefill_repeats,
+                "decode_chunk": s.decode_chunk}
+
+    def record(v: Variant, r: int, res: WorkerResult) -> None:
+        done = res.result_for(v.name)
+        if done is None:
+            v.fail("speed", res.error_for(v.name) or res.crash_message(workers.timeout))
+            return
+        done = {k: val for k, val in done.items() if k not in ("event", "name")}
+        v.speed_runs.append({"repeat": r + 1, **done})
+        p = done["prompts"][0]
+        rate = (len(p["decode_step_s"]) / sum(p["decode_step_s"])) if p["decode_step_s"] else float("nan")
+        log.debug(f"{v.name} repeat {r + 1}: prefill {p['prefill_s'] * 1000:.0f} ms, decode {rate:.1f} tok/s")
+
     try:
         for r in range(s.repeats):
             order = runnable[r % len(runnable):] + runnable[: r % len(runnable)] if runnable else []
-            for v in order:
-                if not v.runnable:
+            order = [v for v in order if v.runnable]
+            bar.update(len(runnable) - len(order))
+            if mode == "turns":
+                from .turns import run_round
+
+                bar.set_postfix_str(f"repeat {r + 1}: loading")
+                results = run_round(workers, [(v.name, job_for(v)) for v in order], workers.timeout,
+                                    lambda kind, i, n: bar.set_postfix_str(f"repeat {r + 1}: {kind} turn {i}/{n}"))
+                for v in order:
+                    record(v, r, results[v.name])
                     bar.update(1)
-                    continue
+                continue
+            for v in order:
                 bar.set_postfix_str(f"{v.name} (repeat {r + 1})")
-                job = {"name": v.name, "path": v.path, "backend": v.backend, "device": v.device, "dtype": v.dtype,
-                       "prompt_text": text, "prompt_lens": s.prompt_lens, "new_tokens": s.new_tokens,
-                       "warmup_tokens": s.warmup_tokens, "prefill_repeats": s.prefill_repeats}
-                res = workers.run("speed", job)
-                done = res.result_for(v.name)
-                if done is None:
-                    v.fail("speed", res.error_for(v.name) or res.crash_message(workers.timeout))
-                else:
-                    done = {k: val for k, val in done.items() if k not in ("event", "name")}
-                    v.speed_runs.append({"repeat": r + 1, **done})
-                    p = done["prompts"][0]
-                    rate = (len(p["decode_step_s"]) / sum(p["decode_step_s"])) if p["decode_step_s"] else float("nan")
-                    log.debug(f"{v.name} repeat {r + 1}: prefill {p['prefill_s'] * 1000:.0f} ms, decode {rate:.1f} tok/s")
+                record(v, r, workers.run("speed", job_for(v)))
                 bar.update(1)
     finally:
         bar.close()
+    return f"{mode} ({why})"
 
 
 def _quality(variants: list[Variant], suite: Suite, workers: Workers) -> dict | None:

@@ -138,10 +138,15 @@ def environment() -> dict[str, Any]:
 
 
 def _total_memory() -> int | None:
+    return meminfo_bytes("MemTotal")
+
+
+def meminfo_bytes(field: str) -> int | None:
+    """A /proc/meminfo field (MemTotal, MemAvailable, ...) in bytes; None where there is no /proc."""
     meminfo = Path("/proc/meminfo")
     if meminfo.exists():
         for line in meminfo.read_text().splitlines():
-            if line.startswith("MemTotal:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return None
 

@@ -71,6 +71,10 @@ class Settings(BaseModel):
     repeats: int = Field(5, ge=1, le=100)
     warmup_tokens: int = Field(8, ge=0, description="decode steps in the warm-up (after a full prefill)")
     prefill_repeats: int = Field(5, ge=1, le=50, description="prefills timed in each process; their median is that run's value")
+    interleave: Literal["auto", "turns", "processes"] = Field(
+        "auto", description="turns: the round's processes stay alive and time their work in turns (steadier ratios, "
+        "all variants resident at once); processes: one process at a time; auto: turns on the CPU where they fit in memory")
+    decode_chunk: int = Field(2, ge=1, description="decode steps per turn when taking turns")
     threads: int | None = Field(None, ge=1, description="torch/ORT intra-op threads; None: all cores")
     timeout_s: float = Field(900.0, gt=0, description="a worker running longer than this is stopped and its variant failed")
     quality: bool = True

@@ -8,7 +8,10 @@ Modes:
   token; ``prefill_repeats`` times, the median kept) and every decode step at
   each prompt length; report load time and
   memory. One process per (variant, repeat), so no variant inherits another's
-  caches, allocator state or page cache warmth inside the process;
+  caches, allocator state or page cache warmth inside the process. With
+  ``turns`` in the job, the timed work is cut into segments and each segment
+  waits for the parent's go, so the live workers of one round take turns
+  (see harness.TurnTaker);
 * ``quality``: perplexity, divergence from the base on the same windows, a
   greedy sample, and parameter counts, for a list of variants. The base's
   logits are computed once and replayed for every variant.
@@ -123,6 +126,53 @@ def run_build(job: dict, events: Events) -> None:
 # --------------------------------------------------------------------------- speed
 
 
+def speed_segments(prompt_lens: list[int], prefill_repeats: int, new_tokens: int,
+                   decode_chunk: int) -> list[tuple[str, int, int]]:
+    """The timed work of one speed process, cut into segments: ``(kind, prompt_len, count)``.
+
+    For each prompt length: ``prefill_repeats`` prefills (one segment each), then
+    the ``new_tokens - 1`` decode steps after the last of them, ``decode_chunk`` a
+    segment. In turn-taking mode every live worker runs one segment in turn, so
+    the parent computes the same list to know how many turns there are.
+    """
+    segments = []
+    for n in prompt_lens:
+        segments += [("prefill", int(n), 1)] * max(1, int(prefill_repeats))
+        left = int(new_tokens) - 1
+        while left > 0:
+            k = min(max(1, int(decode_chunk)), left)
+            segments.append(("decode", int(n), k))
+            left -= k
+    return segments
+
+
+class TurnGate:
+    """Lets a speed worker run only on its turn: ``wait()`` blocks until the parent says go.
+
+    The parent passes two pipe ends (see harness.TurnTaker); without them (one
+    process at a time) the gate never blocks. Time spent waiting is never inside
+    a timed region.
+    """
+
+    def __init__(self, turns: dict | None):
+        self.cmd_fd = turns["cmd_fd"] if turns else None
+        self.ack_fd = turns["ack_fd"] if turns else None
+
+    def tell(self, word: str) -> None:
+        if self.ack_fd is not None:
+            os.write(self.ack_fd, word.encode() + b"\n")
+
+    def wait(self) -> None:
+        if self.cmd_fd is None:
+            return
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = os.read(self.cmd_fd, 1)
+            if not chunk:  # the parent is gone: nothing left to measure for
+                raise SystemExit(0)
+            line += chunk
+
+
 def run_speed(job: dict, events: Events) -> None:
     import torch
 
@@ -130,6 +180,7 @@ def run_speed(job: dict, events: Events) -> None:
     from .metrics import current_rss_bytes, peak_rss_bytes, percentile
 
     name = job["name"]
+    gate = TurnGate(job.get("turns"))
     events.emit("start", name)
     _set_threads(job.get("threads"))
     backend, device, dtype = job["backend"], job["device"], job["dtype"]
@@ -156,32 +207,45 @@ def run_speed(job: dict, events: Events) -> None:
         token, state = runner.step(token, state)
     runner.sync()
     del token, state
+    gate.tell("ready")
 
-    measured = []
-    for n, ids in prompts.items():
-        prefill_all = []
-        for i in range(max(1, int(job.get("prefill_repeats", 1)))):
-            if i:
-                del token, state
+    segments = speed_segments(job["prompt_lens"], job.get("prefill_repeats", 1), new_tokens,
+                              job.get("decode_chunk", 2))
+    timings = {n: {"prefill_all_s": [], "decode_step_s": [], "generated": []} for n in prompts}
+    token = state = None
+    # Wall-clock bounds of every segment: they show in the report when this worker ran,
+    # and let a test check that turns never overlap.
+    spans = []
+    for kind, n, count in segments:
+        gate.wait()
+        began = time.time()
+        t = timings[n]
+        if kind == "prefill":
+            token = state = None  # free the previous generation's cache before timing the next
             runner.sync()
             t0 = time.perf_counter()
-            token, state = runner.prefill(ids)
+            token, state = runner.prefill(prompts[n])
             runner.sync()
-            prefill_all.append(time.perf_counter() - t0)
-        steps = []
-        generated = [token]
-        for _ in range(new_tokens - 1):
-            t0 = time.perf_counter()
-            token, state = runner.step(token, state)
-            runner.sync()
-            steps.append(time.perf_counter() - t0)
-            generated.append(token)
-        # The process's prefill time is the median of its timed prefills (robust to one preempted run).
-        measured.append({"prompt_len": n, "prefill_s": percentile(prefill_all, 50), "prefill_all_s": prefill_all,
-                         "decode_step_s": steps,
-                         "first_tokens": [int(t) for t in generated[:8]]})
-        del token, state
+            t["prefill_all_s"].append(time.perf_counter() - t0)
+            t["generated"] = [token]
+        else:
+            for _ in range(count):
+                t0 = time.perf_counter()
+                token, state = runner.step(token, state)
+                runner.sync()
+                t["decode_step_s"].append(time.perf_counter() - t0)
+                t["generated"].append(token)
+        spans.append([kind, n, began, time.time()])
+        gate.tell("done")
+    token = state = None
+    # Report and exit only when every worker of the round is done: a process tearing down
+    # (freeing a model's memory) would otherwise slow the segment another worker is timing.
+    gate.wait()
 
+    # The process's prefill time is the median of its timed prefills (robust to one preempted run).
+    measured = [{"prompt_len": n, "prefill_s": percentile(t["prefill_all_s"], 50), "prefill_all_s": t["prefill_all_s"],
+                 "decode_step_s": t["decode_step_s"], "first_tokens": [int(x) for x in t["generated"][:8]]}
+                for n, t in timings.items()]
     result = {
         "load_s": load_s,
         "rss_before_load_bytes": rss_before,
@@ -189,6 +253,7 @@ def run_speed(job: dict, events: Events) -> None:
         "peak_rss_bytes": peak_rss_bytes(),
         "torch_threads": torch.get_num_threads(),
         "prompts": measured,
+        "segments": spans,
     }
     if device == "cuda" and backend == "pytorch":
         result["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated())

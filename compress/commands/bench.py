@@ -25,6 +25,10 @@ from ..data import BUILTIN
 @click.option("--warmup-tokens", type=int, default=None, help="Decode steps in the warm-up, after one prefill [default: 8].")
 @click.option("--prefill-repeats", type=int, default=None,
               help="Prefills timed in each process; the median is that repeat's value [default: 5].")
+@click.option("--interleave", type=click.Choice(["auto", "turns", "processes"]), default=None,
+              help="turns: each round's processes stay loaded and time their work in turns, a prefill or a few decode "
+                   "steps at a time (steadier ratios; all variants in memory at once); processes: one at a time; "
+                   "auto: turns on the CPU when they fit in memory [default: auto].")
 @click.option("--threads", type=int, default=None, help="Threads per measurement [default: all cores].")
 @click.option("--eval-text", default=None, help=f"Evaluation text: '{BUILTIN}', a .txt/.jsonl/.parquet file or hf:NAME[@CONFIG][:SPLIT].")
 @click.option("--eval-split", type=click.Choice(["calibration", "evaluation", "all"]), default=None,
@@ -70,7 +74,7 @@ def command(variants, suite, output, force, work_dir, **options) -> None:
     if options["base"]:
         data["base"] = options["base"]
     settings = data["settings"]
-    for key in ("backend", "device", "dtype", "new_tokens", "repeats", "warmup_tokens", "prefill_repeats", "threads"):
+    for key in ("backend", "device", "dtype", "new_tokens", "repeats", "warmup_tokens", "prefill_repeats", "interleave", "threads"):
         if options[key] is not None:
             settings[key] = options[key]
     if options["prompt_lens"]:

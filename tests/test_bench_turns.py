@@ -18,7 +18,7 @@ import pytest
 from compress.bench import Suite, run_bench
 from compress.bench.harness import Variant, choose_interleave
 from compress.bench.spec import Settings, VariantSpec
-from compress.bench.worker import speed_segments
+from compress.bench.worker import TurnGate, speed_segments
 
 
 def test_segments_time_each_prefill_alone_then_the_decode_in_chunks():
@@ -28,6 +28,32 @@ def test_segments_time_each_prefill_alone_then_the_decode_in_chunks():
     ]
     two = speed_segments([8, 32], prefill_repeats=1, new_tokens=3, decode_chunk=8)
     assert two == [("prefill", 8, 1), ("decode", 8, 2), ("prefill", 32, 1), ("decode", 32, 2)]
+
+
+def test_a_turn_ends_only_when_the_workers_threads_are_quiet():
+    import threading
+    import time
+
+    # ONNX Runtime's pool keeps a core spinning for tens of milliseconds after a run;
+    # the next worker's turn must not start while it does.
+    def spin(seconds):
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+    read_end, write_end = os.pipe()
+    try:
+        gate = TurnGate({"cmd_fd": read_end, "ack_fd": write_end})
+        spinner = threading.Thread(target=spin, args=(0.15,))
+        spinner.start()
+        waited = gate.settle()
+        spinner.join()
+        assert waited >= 0.1
+        assert gate.settle() < 0.1  # nothing busy: a few milliseconds
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert TurnGate(None).settle() == 0.0  # one process at a time: no waiting
 
 
 def _variant(name, path, device="cpu"):
@@ -101,7 +127,7 @@ def test_the_report_says_the_rounds_took_turns(turns_run):
 def test_only_one_worker_computes_at_a_time_and_each_round_alternates(turns_run):
     for r in range(2):
         spans = sorted((start, end, name) for name in ("base", "copy")
-                       for _, _, start, end in _v(turns_run, name)["speed"]["runs"][r]["segments"])
+                       for _, _, start, end, _ in _v(turns_run, name)["speed"]["runs"][r]["segments"])
         for (_, end, _), (start, _, _) in zip(spans, spans[1:]):
             assert end <= start  # no two segments overlap
         owners = [name for _, _, name in spans]

@@ -385,7 +385,8 @@ def run_bench(suite: Suite, output: str | Path, force: bool = False, work_dir: s
             **s.model_dump(mode="json"),
             "order": "round-robin: every repeat runs each variant once, in a fresh process; the order rotates by one each repeat"
                      + ("; the round's processes take turns, one timed segment (a prefill or "
-                        f"{s.decode_chunk} decode steps) each" if interleaved and interleaved.startswith("turns") else ""),
+                        f"{s.decode_chunk} decode steps) each, in a shuffled order each time round, each turn ending "
+                        "when its process's threads are quiet" if interleaved and interleaved.startswith("turns") else ""),
             "interleaved": interleaved,
             "prompt_source": text_provenance,
             "evaluation": suite.evaluation.model_dump(mode="json"),
@@ -479,7 +480,8 @@ def _speed(variants: list[Variant], suite: Suite, workers: Workers, text: str) -
 
                 bar.set_postfix_str(f"repeat {r + 1}: loading")
                 results = run_round(workers, [(v.name, job_for(v)) for v in order], workers.timeout,
-                                    lambda kind, i, n: bar.set_postfix_str(f"repeat {r + 1}: {kind} turn {i}/{n}"))
+                                    lambda kind, i, n: bar.set_postfix_str(f"repeat {r + 1}: {kind} turn {i}/{n}"),
+                                    seed=r)
                 for v in order:
                     record(v, r, results[v.name])
                     bar.update(1)

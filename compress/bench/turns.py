@@ -11,8 +11,10 @@ workers one segment at a time. The base and each variant are timed within a
 second or two of each other, so drift hits them alike and their ratio keeps.
 
 Only one worker computes at any moment: the others block on a pipe read, which
-costs no CPU. Each segment is timed inside its worker, so the parent's
-signalling is never inside a timed region.
+costs no CPU, and a worker says it is done only once its own threads have gone
+quiet (ONNX Runtime's pool spins on a core for 40-70 ms after each run, which
+slowed whichever worker came next by up to 20 %). Each segment is timed inside
+its worker, so the parent's signalling is never inside a timed region.
 
 The cost is memory: all variants of a round are resident at once. The harness
 uses turns only where they fit (see harness.choose_interleave).
@@ -21,6 +23,7 @@ uses turns only where they fit (see harness.choose_interleave).
 from __future__ import annotations
 
 import os
+import random
 import select
 import time
 from typing import Callable
@@ -68,14 +71,17 @@ class _Turn:
 
 
 def run_round(workers, jobs: list[tuple[str, dict]], timeout: float,
-              on_segment: Callable[[str, int, int], None] | None = None) -> dict:
+              on_segment: Callable[[str, int, int], None] | None = None, seed: int = 0) -> dict:
     """Run one speed worker per (name, job), taking turns; returns {name: WorkerResult}.
 
     Workers start in the given order, each loading and warming up alone. The
-    segments then go round the live workers, the order rotated by one each
-    time round so no variant always follows the same one. A worker that fails
-    or stops answering is stopped and left out; the others carry on.
+    segments then go round the live workers in an order shuffled each time
+    round (seeded, so a run can be repeated), so that no variant always follows
+    the same one: whatever one worker leaves behind (a cache, a CPU still busy)
+    falls on every variant alike. A worker that fails or stops answering is
+    stopped and left out; the others carry on.
     """
+    shuffle = random.Random(seed).shuffle
     results: dict = {}
     live: list[_Turn] = []
     try:
@@ -98,8 +104,9 @@ def run_round(workers, jobs: list[tuple[str, dict]], timeout: float,
             segments = speed_segments(job["prompt_lens"], job.get("prefill_repeats", 1), int(job["new_tokens"]),
                                       job.get("decode_chunk", 2))
             for i in range(len(segments)):
-                k = i % len(live) if live else 0  # rotate who goes first
-                for turn in live[k:] + live[:k]:
+                order = list(live)
+                shuffle(order)
+                for turn in order:
                     turn.go()
                     if turn.await_word(timeout) != "done":
                         _finish(turn, results, kill=True)

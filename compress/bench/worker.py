@@ -162,6 +162,24 @@ class TurnGate:
         if self.ack_fd is not None:
             os.write(self.ack_fd, word.encode() + b"\n")
 
+    def settle(self, quiet_s: float = 0.005, limit_s: float = 1.0) -> float:
+        """Wait until this process's threads stop using the CPU; return the seconds waited.
+
+        ONNX Runtime's thread pool spins for 40-70 ms after each run (measured on the
+        2-core machine: a full core), and the worker whose turn comes next would pay
+        for it. Waiting here until the process used less than a tenth of a core over
+        `quiet_s` keeps each turn to its own worker. Nothing to do without turns.
+        """
+        if self.cmd_fd is None:
+            return 0.0
+        start = time.perf_counter()
+        while time.perf_counter() - start < limit_s:
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            time.sleep(quiet_s)
+            if time.process_time() - cpu0 < 0.1 * (time.perf_counter() - wall0):
+                break
+        return time.perf_counter() - start
+
     def wait(self) -> None:
         if self.cmd_fd is None:
             return
@@ -216,6 +234,7 @@ def run_speed(job: dict, events: Events) -> None:
     # Wall-clock bounds of every segment: they show in the report when this worker ran,
     # and let a test check that turns never overlap.
     spans = []
+    faults_before = _page_faults()
     for kind, n, count in segments:
         gate.wait()
         began = time.time()
@@ -235,7 +254,8 @@ def run_speed(job: dict, events: Events) -> None:
                 runner.sync()
                 t["decode_step_s"].append(time.perf_counter() - t0)
                 t["generated"].append(token)
-        spans.append([kind, n, began, time.time()])
+        ended = time.time()
+        spans.append([kind, n, began, ended, gate.settle()])
         gate.tell("done")
     token = state = None
     # Report and exit only when every worker of the round is done: a process tearing down
@@ -254,11 +274,36 @@ def run_speed(job: dict, events: Events) -> None:
         "torch_threads": torch.get_num_threads(),
         "prompts": measured,
         "segments": spans,
+        # Page faults while timing: a model whose weights are mapped from its file can have pages
+        # taken back by the kernel while it waits, and each fault then lands inside a timing.
+        "timed_page_faults": {k: _page_faults()[k] - faults_before[k] for k in faults_before},
+        "rss_at_end": _rss_parts(),
     }
     if device == "cuda" and backend == "pytorch":
         result["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
         result["cuda_max_reserved_bytes"] = int(torch.cuda.max_memory_reserved())
     events.emit("result", name, **result)
+
+
+def _page_faults() -> dict[str, int]:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"minor": usage.ru_minflt, "major": usage.ru_majflt}
+
+
+def _rss_parts() -> dict[str, int] | None:
+    """Resident memory by kind (anonymous, file-backed, shared), bytes; None where there is no /proc."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return None
+    parts = {}
+    for line in lines:
+        for key, name in (("RssAnon:", "anon"), ("RssFile:", "file"), ("RssShmem:", "shmem")):
+            if line.startswith(key):
+                parts[name] = int(line.split()[1]) * 1024
+    return parts or None
 
 
 # --------------------------------------------------------------------------- quality

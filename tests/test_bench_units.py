@@ -201,3 +201,37 @@ def test_cli_says_in_one_line_when_no_variant_can_run(tmp_path, capsys):
 def test_variant_spec_refuses_both_passes_and_recipe():
     with pytest.raises(ValueError, match="either passes or recipe"):
         VariantSpec(name="x", passes=["magnitude_prune"], recipe="r.yaml")
+
+
+def _runs(prefill_ms, step_ms):
+    return [{"repeat": i + 1, "prompts": [{"prompt_len": 8, "prefill_s": pre / 1000, "decode_step_s": [step / 1000] * 4}]}
+            for i, (pre, step) in enumerate(zip(prefill_ms, step_ms))]
+
+
+def _speed(prefill_ms, step_ms):
+    from compress.bench.metrics import summarize
+
+    return {"prompts": [{"prompt_len": 8, "prefill_ms": summarize(prefill_ms),
+                         "decode_tokens_per_s": summarize(1000 / s for s in step_ms)}],
+            "runs": _runs(prefill_ms, step_ms), "peak_rss_bytes": None, "load_s": None}
+
+
+@pytest.mark.parametrize("interleaved, prefill, decode", [
+    # Turns: each round's variant is compared with the base timed beside it, so the round in
+    # which the machine slowed both (the third) does not move the ratio.
+    ("turns (all variants fit in memory at once)", 1.0, 1.0),
+    # One process at a time: no pairing; the ratio of the medians feels the slow round.
+    ("processes (as asked)", 0.75, 0.75),
+])
+def test_speed_ratios_pair_rounds_only_when_the_run_took_turns(interleaved, prefill, decode):
+    from compress.bench.report import add_ratios
+
+    base = {"name": "base", "speed": _speed([100, 200, 150], [10, 20, 15]), "quality": None, "size": None}
+    variant = {"name": "v", "speed": _speed([100, 200, 300], [10, 20, 30]), "quality": None, "size": None}
+    report = {"base": "base", "settings": {"interleaved": interleaved}, "variants": [base, variant]}
+    add_ratios(report)
+    (p,) = variant["speed"]["prompts"]
+    assert p["prefill_speedup"] == pytest.approx(prefill) and p["decode_speedup"] == pytest.approx(decode)
+    assert variant["ratios"]["prefill_speedup"] == pytest.approx(prefill)
+    if interleaved.startswith("turns"):
+        assert p["prefill_speedup_rounds"] == pytest.approx([1.0, 1.0, 0.5])

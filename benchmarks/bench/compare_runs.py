@@ -24,6 +24,13 @@ def load(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def _estimator(report: dict) -> str:
+    n = report["settings"]["repeats"]
+    if str(report["settings"].get("interleaved") or "").startswith("turns"):
+        return f"the median of {n} per-round ratios (the processes took turns)"
+    return f"the ratio of medians over {n} repeats (one process at a time)"
+
+
 def ratios(report: dict) -> dict[tuple[str, int, str], float]:
     out = {}
     for v in report["variants"]:
@@ -78,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- Run 2: `{b.get('command')}` at {b['created']} (load average at start {lb})",
         f"- Compared: every speed ratio against the base (prefill and decode speedup per prompt length; "
         "load time is shown but not part of the verdict, since it depends on the page cache), "
-        f"from medians over {a['settings']['repeats']} and {b['settings']['repeats']} repeats. "
+        f"each {_estimator(a)} in run 1 and {_estimator(b)} in run 2. "
         "Difference = |run 1 − run 2| / mean of the two.",
         f"- Command: `python benchmarks/bench/compare_runs.py {args.run1} {args.run2}"
         + (f" -o {args.output}`" if args.output else "`"),

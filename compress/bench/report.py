@@ -1,7 +1,8 @@
 """Reports: JSON (raw values, the schema in schema.json), CSV, Markdown with ratios, and a PNG plot.
 
-Speed ratios compare medians measured in the same run, so machine-wide drift
-largely cancels; every timing is shown with its spread (min-max over repeats).
+Speed ratios compare timings measured in the same run, paired round by round
+when the run took turns, so machine-wide drift largely cancels; every timing is
+shown with its spread (min-max over repeats).
 """
 
 from __future__ import annotations
@@ -63,7 +64,12 @@ def _ratio(num: float | None, den: float | None) -> float | None:
 
 
 def add_ratios(report: dict) -> None:
-    """Every variant's ratios against the base, from medians of the same run (None where not measured)."""
+    """Every variant's ratios against the base from the same run (None where not measured).
+
+    Speed ratios: the median of per-round paired ratios when the run took
+    turns (see `paired_rounds`), else the variant's median over the base's.
+    Memory, size and quality: the variant's value (median) over the base's.
+    """
     base = next((v for v in report["variants"] if v["name"] == report["base"]), None)
 
     def metric(v: dict | None, key: str):
@@ -98,11 +104,58 @@ def add_ratios(report: dict) -> None:
         }
         if v.get("speed") and base and base.get("speed"):
             base_prompts = {p["prompt_len"]: p for p in base["speed"]["prompts"]}
+            rounds = paired_rounds(report, base, v)
             for p in v["speed"]["prompts"]:
                 b = base_prompts.get(p["prompt_len"])
-                p["prefill_speedup"] = _ratio(_median(b["prefill_ms"]), _median(p["prefill_ms"])) if b else None
-                p["decode_speedup"] = _ratio(_median(p["decode_tokens_per_s"]), _median(b["decode_tokens_per_s"])) if b else None
+                if b is None:
+                    p["prefill_speedup"] = p["decode_speedup"] = None
+                elif rounds:
+                    pre = [_ratio(_prefill_ms(rb, p["prompt_len"]), _prefill_ms(rv, p["prompt_len"])) for rb, rv in rounds]
+                    dec = [_ratio(_decode_rate(rv, p["prompt_len"]), _decode_rate(rb, p["prompt_len"])) for rb, rv in rounds]
+                    p["prefill_speedup_rounds"], p["decode_speedup_rounds"] = pre, dec
+                    p["prefill_speedup"], p["decode_speedup"] = _median_or_none(pre), _median_or_none(dec)
+                else:
+                    p["prefill_speedup"] = _ratio(_median(b["prefill_ms"]), _median(p["prefill_ms"]))
+                    p["decode_speedup"] = _ratio(_median(p["decode_tokens_per_s"]), _median(b["decode_tokens_per_s"]))
+            if rounds:
+                first = v["speed"]["prompts"][0]
+                ratios["prefill_speedup"], ratios["decode_speedup"] = first["prefill_speedup"], first["decode_speedup"]
         v["ratios"] = ratios
+
+
+def paired_rounds(report: dict, base: dict, v: dict) -> list[tuple[dict, dict]]:
+    """(base run, variant run) of every round both ran in, when the run took turns; else [].
+
+    In turns, a round's base and variant were timed segment by segment within a
+    second or two of each other, so their ratio is free of the machine's drift
+    between rounds; the median of those per-round ratios is the speed ratio. One
+    process at a time has no such pairing, and the ratio is of the two medians.
+    """
+    if not str(report.get("settings", {}).get("interleaved") or "").startswith("turns") or v is base:
+        return []
+    by_repeat = {r["repeat"]: r for r in base["speed"]["runs"]}
+    return [(by_repeat[r["repeat"]], r) for r in v["speed"]["runs"] if r["repeat"] in by_repeat]
+
+
+def _prompt_run(run: dict, prompt_len: int) -> dict | None:
+    return next((p for p in run["prompts"] if p["prompt_len"] == prompt_len), None)
+
+
+def _prefill_ms(run: dict, prompt_len: int) -> float | None:
+    p = _prompt_run(run, prompt_len)
+    return 1000.0 * p["prefill_s"] if p else None
+
+
+def _decode_rate(run: dict, prompt_len: int) -> float | None:
+    p = _prompt_run(run, prompt_len)
+    return len(p["decode_step_s"]) / sum(p["decode_step_s"]) if p and p["decode_step_s"] else None
+
+
+def _median_or_none(values: list[float | None]) -> float | None:
+    from .metrics import percentile
+
+    kept = [x for x in values if x is not None]
+    return percentile(kept, 50) if kept else None
 
 
 # --------------------------------------------------------------------------- writers
@@ -208,7 +261,12 @@ def to_markdown(report: dict, plot_file: str | None = None) -> str:
         f"- **Speed settings**: batch 1, prompt {', '.join(map(str, s['prompt_lens']))} tokens, "
         f"{s['new_tokens']} new tokens (greedy), warm-up of one prefill + {s['warmup_tokens']} decode steps, "
         f"{s['repeats']} repeats, each in a fresh process, variants interleaved round-robin; in each process the prefill is "
-        f"timed {s.get('prefill_repeats', 1)} times and its median kept. Timings: median [min–max] over repeats.",
+        f"timed {s.get('prefill_repeats', 1)} times and its median kept. Timings: median [min–max] over repeats. "
+        + ("A round's processes took turns (one prefill or "
+           f"{s.get('decode_chunk')} decode steps each, in a shuffled order); speed ratios are medians of the "
+           "per-round ratios against the base timed beside them."
+           if str(s.get("interleaved") or "").startswith("turns")
+           else "Speed ratios: the variant's median over the base's."),
         f"- **Quality settings**: {ev.get('source')} ({ev.get('split')} split), {data.get('windows', ev.get('windows'))} windows of "
         f"{ev.get('seq_len')} tokens ({data.get('scored_tokens', 'n/a')} scored tokens, sha256 {data.get('sha256', 'n/a')}); "
         "perplexity is token-level; KL is mean KL(base ‖ variant) per token; top-1 is the share of positions "
@@ -300,10 +358,20 @@ def _noise_line(report: dict) -> str | None:
             f"({label} of {worst[1]}; max/min). Ratios closer to 1 than that spread are not a measured difference.")
 
 
-def render(directory: str | Path) -> None:
-    """Rewrite bench.md, bench.csv and bench.png of a report directory from its bench.json."""
+def render(directory: str | Path, recompute_ratios: bool = False) -> None:
+    """Rewrite bench.md, bench.csv and bench.png of a report directory from its bench.json.
+
+    `recompute_ratios` first recomputes every ratio from the raw values with this
+    version's `add_ratios` and writes bench.json back (the raw values are untouched).
+    """
+    from .schema import validate_report
+
     directory = Path(directory)
     report = json.loads((directory / "bench.json").read_text())
+    if recompute_ratios:
+        add_ratios(report)
+        validate_report(report)
+        (directory / "bench.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
     (directory / "bench.csv").write_text(to_csv(report))
     plotted = plot(report, directory / "bench.png")
     (directory / "bench.md").write_text(to_markdown(report, plot_file="bench.png" if plotted else None))

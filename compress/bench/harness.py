@@ -431,8 +431,8 @@ def choose_interleave(variants: list[Variant], settings) -> tuple[str, str]:
     if settings.interleave != "auto":
         return settings.interleave, "as asked"
     if any(v.device != "cpu" for v in variants):
-        # Several CUDA contexts and models at once could run the GPU out of memory, and GPU
-        # timings drift far less than a shared CPU's.
+        # Several CUDA contexts and models at once could run the GPU out of memory (and turns
+        # have not been measured on a GPU).
         return "processes", "a variant runs on CUDA"
     weights = sum((directory_size(v.path) or {}).get("total_bytes", 0) for v in variants if v.path)
     available = meminfo_bytes("MemAvailable")

@@ -13,7 +13,7 @@ second or two of each other, so drift hits them alike and their ratio keeps.
 Only one worker computes at any moment: the others block on a pipe read, which
 costs no CPU, and a worker says it is done only once its own threads have gone
 quiet (ONNX Runtime's pool spins on a core for 40-70 ms after each run, which
-slowed whichever worker came next by up to 20 %). Each segment is timed inside
+slowed whichever worker came next by up to 16 %). Each segment is timed inside
 its worker, so the parent's signalling is never inside a timed region.
 
 The cost is memory: all variants of a round are resident at once. The harness

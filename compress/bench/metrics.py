@@ -73,13 +73,40 @@ def peak_rss_bytes() -> int:
     would report the parent's size (every variant then shows the same peak).
     Elsewhere ru_maxrss (KiB on Linux, bytes on macOS).
     """
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024  # reported in kB
+    hwm = _proc_status_bytes("VmHWM").get("VmHWM")
+    if hwm is not None:
+        return hwm
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
+def rss_parts() -> dict[str, int] | None:
+    """Resident memory by kind (anon, file-backed, shmem), bytes; None where there is no /proc.
+
+    PyTorch weights loaded from safetensors are file-backed (mapped from the file),
+    ONNX Runtime's are anonymous.
+    """
+    found = _proc_status_bytes("RssAnon", "RssFile", "RssShmem")
+    return {"anon": found["RssAnon"], "file": found["RssFile"], "shmem": found["RssShmem"]} if len(found) == 3 else None
+
+
+def page_faults() -> dict[str, int]:
+    """Minor and major page faults of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"minor": usage.ru_minflt, "major": usage.ru_majflt}
+
+
+def _proc_status_bytes(*fields: str) -> dict[str, int]:
+    """The given kB fields of /proc/self/status, in bytes (empty where there is no /proc)."""
+    status = Path("/proc/self/status")
+    if not status.exists():
+        return {}
+    found = {}
+    for line in status.read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in fields:
+            found[key] = int(value.split()[0]) * 1024  # reported in kB
+    return found
 
 
 def directory_size(path: str | os.PathLike | None) -> dict[str, int] | None:

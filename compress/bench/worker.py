@@ -11,7 +11,7 @@ Modes:
   caches, allocator state or page cache warmth inside the process. With
   ``turns`` in the job, the timed work is cut into segments and each segment
   waits for the parent's go, so the live workers of one round take turns
-  (see harness.TurnTaker);
+  (see turns.run_round);
 * ``quality``: perplexity, divergence from the base on the same windows, a
   greedy sample, and parameter counts, for a list of variants. The base's
   logits are computed once and replayed for every variant.
@@ -149,7 +149,7 @@ def speed_segments(prompt_lens: list[int], prefill_repeats: int, new_tokens: int
 class TurnGate:
     """Lets a speed worker run only on its turn: ``wait()`` blocks until the parent says go.
 
-    The parent passes two pipe ends (see harness.TurnTaker); without them (one
+    The parent passes two pipe ends (see turns.run_round); without them (one
     process at a time) the gate never blocks. Time spent waiting is never inside
     a timed region.
     """
@@ -195,7 +195,7 @@ def run_speed(job: dict, events: Events) -> None:
     import torch
 
     from .backends import Runner, load_model
-    from .metrics import current_rss_bytes, peak_rss_bytes, percentile
+    from .metrics import current_rss_bytes, page_faults, peak_rss_bytes, percentile, rss_parts
 
     name = job["name"]
     gate = TurnGate(job.get("turns"))
@@ -234,7 +234,7 @@ def run_speed(job: dict, events: Events) -> None:
     # Wall-clock bounds of every segment: they show in the report when this worker ran,
     # and let a test check that turns never overlap.
     spans = []
-    faults_before = _page_faults()
+    faults_before = page_faults()
     for kind, n, count in segments:
         gate.wait()
         began = time.time()
@@ -258,6 +258,7 @@ def run_speed(job: dict, events: Events) -> None:
         spans.append([kind, n, began, ended, gate.settle()])
         gate.tell("done")
     token = state = None
+    faults_after = page_faults()
     # Report and exit only when every worker of the round is done: a process tearing down
     # (freeing a model's memory) would otherwise slow the segment another worker is timing.
     gate.wait()
@@ -276,34 +277,13 @@ def run_speed(job: dict, events: Events) -> None:
         "segments": spans,
         # Page faults while timing: a model whose weights are mapped from its file can have pages
         # taken back by the kernel while it waits, and each fault then lands inside a timing.
-        "timed_page_faults": {k: _page_faults()[k] - faults_before[k] for k in faults_before},
-        "rss_at_end": _rss_parts(),
+        "timed_page_faults": {k: faults_after[k] - faults_before[k] for k in faults_before},
+        "rss_at_end": rss_parts(),
     }
     if device == "cuda" and backend == "pytorch":
         result["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
         result["cuda_max_reserved_bytes"] = int(torch.cuda.max_memory_reserved())
     events.emit("result", name, **result)
-
-
-def _page_faults() -> dict[str, int]:
-    import resource
-
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return {"minor": usage.ru_minflt, "major": usage.ru_majflt}
-
-
-def _rss_parts() -> dict[str, int] | None:
-    """Resident memory by kind (anonymous, file-backed, shared), bytes; None where there is no /proc."""
-    try:
-        lines = Path("/proc/self/status").read_text().splitlines()
-    except OSError:
-        return None
-    parts = {}
-    for line in lines:
-        for key, name in (("RssAnon:", "anon"), ("RssFile:", "file"), ("RssShmem:", "shmem")):
-            if line.startswith(key):
-                parts[name] = int(line.split()[1]) * 1024
-    return parts or None
 
 
 # --------------------------------------------------------------------------- quality

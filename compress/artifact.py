@@ -28,6 +28,12 @@ class Artifact:
     # Writes the model into a directory. None means a Hugging Face checkpoint;
     # passes that produce other formats (ONNX, bitsandbytes) set their own.
     writer: Any = None
+    # Weights a calibrated quantizer (GPTQ) already put on a runtime's grid, keyed by the
+    # model's parameter name: {"model.layers.0.mlp.up_proj.weight": ("q4_0", raw_blocks)},
+    # raw_blocks being the runtime's own bytes (a uint8 numpy array in GGUF's layout).
+    # A writer for that runtime stores them as they are instead of quantizing again, so
+    # the runtime runs exactly what the quantizer chose.
+    quantized_blocks: dict[str, Any] = field(default_factory=dict)
 
     def copy(self) -> "Artifact":
         """A deep copy of the model and provenance; the tokenizer is shared (immutable in use)."""
@@ -39,6 +45,7 @@ class Artifact:
             metrics=copy.deepcopy(self.metrics),
             source_path=self.source_path,
             writer=self.writer,
+            quantized_blocks=dict(self.quantized_blocks),
         )
 
     def record_pass(self, name: str, config: dict, metrics: dict, seconds: float) -> None:

@@ -235,3 +235,40 @@ def test_speed_ratios_pair_rounds_only_when_the_run_took_turns(interleaved, pref
     assert variant["ratios"]["prefill_speedup"] == pytest.approx(prefill)
     if interleaved.startswith("turns"):
         assert p["prefill_speedup_rounds"] == pytest.approx([1.0, 1.0, 0.5])
+
+
+def test_an_unknown_backend_name_is_refused_in_one_line():
+    from compress.bench.spec import Suite
+    from compress.errors import UserError
+
+    with pytest.raises(UserError, match="unknown backend 'nope'; use one of .*pytorch"):
+        Suite.from_dict({"variants": [{"name": "x", "backend": "nope"}]})
+
+
+def test_a_backend_in_its_own_module_is_found_by_name_and_chosen_by_format(tmp_path, monkeypatch):
+    """A new runtime is one module that registers a Backend; the harness finds it by name and by format."""
+    import sys
+    import types
+
+    from compress.bench import backends
+
+    module = types.ModuleType("fake_backend_module")
+
+    class FakeBackend(backends.Backend):
+        name, priority = "fake", 50
+
+        def handles(self, path):
+            return path is not None and str(path).endswith(".fake")
+
+    module.register_it = lambda: backends.register(FakeBackend())
+    monkeypatch.setitem(sys.modules, "fake_backend_module", module)
+    monkeypatch.setitem(backends.BACKEND_MODULES, "fake", "fake_backend_module")
+    monkeypatch.setattr(backends, "_REGISTRY", dict(backends._REGISTRY))
+    module.register_it()
+    model = tmp_path / "m.fake"
+    model.write_text("x")
+    assert "fake" in backends.backend_names()
+    assert backends.detect_backend(model) == "fake"
+    assert backends.detect_backend(tmp_path) == "pytorch"  # nothing there: the default
+    with pytest.raises(Exception, match="runs on cpu, not cuda"):
+        backends.check_available("fake", "cuda", "float32", model)

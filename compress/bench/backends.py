@@ -1,4 +1,6 @@
-"""Backends: how a variant is loaded and driven token by token.
+"""Backends: how a variant is loaded and driven token by token, one class per runtime.
+
+Built in here:
 
 * ``pytorch``: ``AutoModelForCausalLM`` in eager mode, on ``cpu`` or ``cuda``, in
   float32, float16 or bfloat16.
@@ -7,9 +9,19 @@
   so inputs, outputs and the key/value cache stay on the GPU and no host-device
   copy is timed.
 
-Both expose the same `Runner`: ``prefill(ids)`` runs the prompt and returns the
-first generated token (greedy) and the cache; ``step(token, state)`` decodes one
-more. ``sync()`` waits for the device, so a timing taken after it is complete.
+Other runtimes live in their own modules and are named in `BACKEND_MODULES`;
+each defines a `Backend` subclass and calls `register()` on import. A backend
+answers five questions (see `Backend`): can it run here at all (`check`), is a
+path in its format (`handles`), how to load a variant for timing and for
+quality (`load`), what drives the loaded model one token at a time
+(`runner`), and what its model's config and tokenizer are.
+
+Every `Runner` exposes ``prefill(ids)``, which runs the prompt and returns the
+first generated token (greedy) and the state, and ``step(token, state)``,
+which decodes one more. ``sync()`` waits for the device, so a timing taken
+after it is complete. For quality, a loaded model is anything
+`compress.evaluate.logits_of` accepts: a torch module, or a callable taking
+``input_ids`` and ``attention_mask`` that returns logits for every position.
 
 `check_available` answers, before any model is loaded, whether a backend can run
 here at all; its message is the one line a failed variant shows.
@@ -17,16 +29,23 @@ here at all; its message is the one line a failed variant shows.
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
 
-BACKENDS = ("pytorch", "onnxruntime")
 DEVICES = ("cpu", "cuda")
 DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
           "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+# Backends that live in their own modules: name -> module. Importing the module registers it.
+# A module that fails to import (a runtime that is not installed) still leaves its name known,
+# so a variant asking for it gets the module's own one-line reason.
+BACKEND_MODULES: dict[str, str] = {}
+
+_REGISTRY: dict[str, "Backend"] = {}
 
 
 def normalize_dtype(dtype: str | None) -> str:
@@ -49,60 +68,6 @@ def has_torch_weights(path: str | Path | None) -> bool:
     )
 
 
-def check_available(backend: str, device: str, dtype: str, path: str | Path | None) -> None:
-    """Raise UserError (one line) if this backend/device/dtype cannot run the model at `path` here."""
-    if backend not in BACKENDS:
-        raise UserError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")
-    if device not in DEVICES:
-        raise UserError(f"unknown device '{device}'; use cpu or cuda")
-    if backend == "pytorch":
-        import torch
-
-        if device == "cuda" and not torch.cuda.is_available():
-            raise UserError(
-                f"CUDA is not available to PyTorch here (torch {torch.__version__} sees no GPU); "
-                "run on a machine with a GPU or use --device cpu"
-            )
-        if path is not None and has_onnx(path) and not has_torch_weights(path):
-            raise UserError(f"{path} holds an ONNX export, not PyTorch weights; run it with --backend onnxruntime")
-        return
-    # onnxruntime
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise UserError("ONNX Runtime is not installed; pip install onnxruntime (or onnxruntime-gpu for CUDA)") from None
-    try:
-        import optimum.onnxruntime  # noqa: F401
-    except ImportError as exc:
-        raise UserError(f"the onnxruntime backend needs optimum-onnx ({exc}); pip install optimum-onnx") from None
-    if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise UserError(
-            f"ONNX Runtime's CUDA provider is not available (installed providers: {', '.join(ort.get_available_providers())}); "
-            "install onnxruntime-gpu on a machine with a GPU, or use --device cpu"
-        )
-    if dtype != "float32":
-        raise UserError(
-            f"--dtype {dtype} applies to the pytorch backend only; an ONNX Runtime variant runs the exported graph "
-            "as it is (export it in the precision you want)"
-        )
-    if path is not None and not has_onnx(path):
-        raise UserError(
-            f"{path} has no ONNX export (no *.onnx file) for the onnxruntime backend; "
-            "export the model first (e.g. a recipe with an ONNX export pass) or use --backend pytorch"
-        )
-
-
-def context_length(path: str | Path | None) -> int | None:
-    """The longest sequence a model accepts, read from its config.json (None if unknown)."""
-    if path is None or not (Path(path) / "config.json").is_file():
-        return None
-    try:
-        cfg = json.loads((Path(path) / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return context_from_config(cfg)
-
-
 def context_from_config(cfg: Any) -> int | None:
     get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"):
@@ -112,20 +77,121 @@ def context_from_config(cfg: Any) -> int | None:
     return None
 
 
-def _torch_dtype(dtype: str):
-    import torch
+def _config_json(path: str | Path | None) -> dict | None:
+    if path is None or not (Path(path) / "config.json").is_file():
+        return None
+    try:
+        return json.loads((Path(path) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
-    return getattr(torch, normalize_dtype(dtype))
+
+class Backend:
+    """One runtime. Subclasses set `name` (and `priority` to be chosen automatically)."""
+
+    name: str = ""
+    devices: tuple[str, ...] = ("cpu",)
+    # Automatic choice: the highest-priority backend whose `handles(path)` is true.
+    priority: int = 0
+
+    def check(self, device: str, dtype: str, path: str | Path | None) -> None:
+        """Raise UserError (one line) if this backend cannot run `path` on `device` in `dtype` here."""
+        if device not in self.devices:
+            raise UserError(f"the {self.name} backend runs on {', '.join(self.devices)}, not {device}; "
+                            f"use --device {self.devices[0]} or another backend")
+
+    def handles(self, path: str | Path | None) -> bool:
+        """Whether `path` is in this backend's format (for choosing a backend automatically)."""
+        return False
+
+    def context_length(self, path: str | Path | None) -> int | None:
+        cfg = _config_json(path)
+        return context_from_config(cfg) if cfg else None
+
+    def load_tokenizer(self, path: str):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path)
+
+    def load(self, path: str, device: str, dtype: str, io_binding: bool, threads: int | None):
+        raise NotImplementedError
+
+    def runner(self, model, device: str) -> "Runner":
+        raise NotImplementedError
+
+    def config(self, model) -> Any:
+        """The model's config (a dict or an object with attributes): context length and vocab size."""
+        return model.config
+
+    def parameters(self, model) -> dict[str, int | None]:
+        """Total and non-zero parameter counts, where the runtime can tell."""
+        return {"parameters": None, "nonzero_parameters": None}
+
+
+def register(backend: Backend) -> Backend:
+    _REGISTRY[backend.name] = backend
+    return backend
+
+
+def backend_names() -> list[str]:
+    return sorted(set(_REGISTRY) | set(BACKEND_MODULES))
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called `name`, importing its module on first use; one-line UserError if it can't be had."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    module = BACKEND_MODULES.get(name)
+    if module is None:
+        raise UserError(f"unknown backend '{name}'; use one of {', '.join(backend_names())}")
+    try:
+        importlib.import_module(module)
+    except UserError:
+        raise
+    except ImportError as exc:
+        raise UserError(f"the {name} backend cannot be loaded here ({exc}); install what it needs "
+                        "(see docs/bench.md, Backends)") from None
+    if name not in _REGISTRY:
+        raise RuntimeError(f"module {module} did not register the backend {name}")
+    return _REGISTRY[name]
+
+
+def detect_backend(path: str | Path | None) -> str:
+    """The backend for a model path when none is asked for: the most specific format wins."""
+    candidates = []
+    for name in backend_names():
+        try:
+            backend = get_backend(name)
+        except UserError:
+            continue  # not installed here: it can't be the automatic choice
+        if backend.handles(path):
+            candidates.append((backend.priority, name))
+    return max(candidates)[1] if candidates else "pytorch"
+
+
+def check_available(backend: str, device: str, dtype: str, path: str | Path | None) -> None:
+    """Raise UserError (one line) if this backend/device/dtype cannot run the model at `path` here."""
+    if device not in DEVICES:
+        raise UserError(f"unknown device '{device}'; use cpu or cuda")
+    get_backend(backend).check(device, dtype, path)
+
+
+def context_length(path: str | Path | None, backend: str = "pytorch") -> int | None:
+    """The longest sequence a model accepts (None if unknown)."""
+    if path is None or not Path(path).exists():
+        return None
+    return get_backend(backend).context_length(path)
 
 
 def load_model(backend: str, path: str, device: str = "cpu", dtype: str = "float32", io_binding: bool = True,
                threads: int | None = None):
-    """Load a variant for inference. Returns the model (torch module or ORT model).
+    """Load a variant for inference (timing, and quality with io_binding=False). Returns the backend's model.
 
-    `threads` sets ONNX Runtime's intra-op threads (PyTorch's are set process-wide by the caller).
+    `threads` sets a runtime's intra-op threads where it has its own pool (PyTorch's are set
+    process-wide by the caller).
     """
     try:
-        return _load(backend, path, device, dtype, io_binding, threads)
+        return get_backend(backend).load(path, device, dtype, io_binding, threads)
     except UserError:
         raise
     except Exception as exc:
@@ -135,37 +201,24 @@ def load_model(backend: str, path: str, device: str = "cpu", dtype: str = "float
                         "the output may be corrupt or incomplete") from None
 
 
-def _load(backend: str, path: str, device: str, dtype: str, io_binding: bool, threads: int | None):
-    if backend == "pytorch":
-        from transformers import AutoModelForCausalLM
+def make_runner(backend: str, model, device: str = "cpu") -> "Runner":
+    return get_backend(backend).runner(model, device)
 
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=_torch_dtype(dtype))
-        model.eval()
-        if device != "cpu":
-            model.to(device)
-        return model
-    from optimum.onnxruntime import ORTModelForCausalLM
 
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
-    return ORTModelForCausalLM.from_pretrained(
-        path, provider=provider, session_options=options, use_cache=True,
-        use_io_binding=io_binding if device == "cuda" else False,
-    )
+# --------------------------------------------------------------------------- runners
 
 
 class Runner:
-    """Greedy generation one token at a time, for timing and for samples."""
+    """Greedy generation one token at a time, for timing and for samples.
 
-    def __init__(self, model, backend: str, device: str = "cpu"):
+    Subclasses implement `prefill` and `step`; a token is whatever `int()` turns
+    into its id (a (1, 1) tensor for the torch-based runners).
+    """
+
+    def __init__(self, model, device: str = "cpu"):
         import torch
 
         self.model = model
-        self.backend = backend
         self.device = torch.device(device)
         self._cuda = self.device.type == "cuda"
 
@@ -179,32 +232,12 @@ class Runner:
         return ids.to(self.device)
 
     def prefill(self, ids):
-        """Run the prompt; return (first new token as a (1, 1) tensor, state)."""
-        import torch
-
-        with torch.inference_mode():
-            if self.backend == "pytorch":
-                out = self.model(input_ids=ids, use_cache=True)
-                state = (out.past_key_values, ids.shape[1])
-            else:
-                mask = torch.ones_like(ids)
-                out = self.model(input_ids=ids, attention_mask=mask, use_cache=True)
-                state = (out.past_key_values, ids.shape[1])
-            token = out.logits[:, -1:].argmax(-1)
-        return token, state
+        """Run the prompt ((1, n) tensor of ids); return (first new token, state)."""
+        raise NotImplementedError
 
     def step(self, token, state):
         """Decode one token after `token`; return (next token, state)."""
-        import torch
-
-        past, length = state
-        with torch.inference_mode():
-            if self.backend == "pytorch":
-                out = self.model(input_ids=token, past_key_values=past, use_cache=True)
-            else:
-                mask = torch.ones((1, length + 1), dtype=torch.long, device=token.device)
-                out = self.model(input_ids=token, attention_mask=mask, past_key_values=past, use_cache=True)
-            return out.logits[:, -1:].argmax(-1), (out.past_key_values, length + 1)
+        raise NotImplementedError
 
     def generate(self, ids, new_tokens: int) -> list[int]:
         """Greedy tokens after the prompt (no stop at EOS: the timing loop doesn't stop either)."""
@@ -215,3 +248,140 @@ class Runner:
             tokens.append(int(token))
         return tokens
 
+
+class TorchRunner(Runner):
+    """A transformers model's forward with its key/value cache."""
+
+    def prefill(self, ids):
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, use_cache=True)
+            return out.logits[:, -1:].argmax(-1), (out.past_key_values, ids.shape[1])
+
+    def step(self, token, state):
+        import torch
+
+        past, length = state
+        with torch.inference_mode():
+            out = self.model(input_ids=token, past_key_values=past, use_cache=True)
+            return out.logits[:, -1:].argmax(-1), (out.past_key_values, length + 1)
+
+
+class OptimumRunner(Runner):
+    """ORTModelForCausalLM's forward, which also wants the attention mask."""
+
+    def prefill(self, ids):
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+            return out.logits[:, -1:].argmax(-1), (out.past_key_values, ids.shape[1])
+
+    def step(self, token, state):
+        import torch
+
+        past, length = state
+        with torch.inference_mode():
+            mask = torch.ones((1, length + 1), dtype=torch.long, device=token.device)
+            out = self.model(input_ids=token, attention_mask=mask, past_key_values=past, use_cache=True)
+            return out.logits[:, -1:].argmax(-1), (out.past_key_values, length + 1)
+
+
+# --------------------------------------------------------------------------- built-in backends
+
+
+class PyTorchBackend(Backend):
+    name = "pytorch"
+    devices = ("cpu", "cuda")
+    priority = 0
+
+    def check(self, device, dtype, path):
+        import torch
+
+        if device == "cuda" and not torch.cuda.is_available():
+            raise UserError(
+                f"CUDA is not available to PyTorch here (torch {torch.__version__} sees no GPU); "
+                "run on a machine with a GPU or use --device cpu"
+            )
+        if path is not None and has_onnx(path) and not has_torch_weights(path):
+            raise UserError(f"{path} holds an ONNX export, not PyTorch weights; run it with --backend onnxruntime")
+        if path is not None and Path(path).is_file():
+            raise UserError(f"{path} is a file, not a PyTorch checkpoint directory; the pytorch backend needs a "
+                            "directory with config.json and weights")
+
+    def handles(self, path):
+        return has_torch_weights(path)
+
+    def load(self, path, device, dtype, io_binding, threads):
+        from transformers import AutoModelForCausalLM
+
+        import torch
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, normalize_dtype(dtype)))
+        model.eval()
+        if device != "cpu":
+            model.to(device)
+        return model
+
+    def runner(self, model, device):
+        return TorchRunner(model, device)
+
+    def parameters(self, model):
+        from ..layers import count_parameters
+
+        return count_parameters(model)
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    devices = ("cpu", "cuda")
+    priority = 10
+
+    def check(self, device, dtype, path):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise UserError("ONNX Runtime is not installed; pip install onnxruntime (or onnxruntime-gpu for CUDA)") from None
+        try:
+            import optimum.onnxruntime  # noqa: F401
+        except ImportError as exc:
+            raise UserError(f"the onnxruntime backend needs optimum-onnx ({exc}); pip install optimum-onnx") from None
+        if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise UserError(
+                f"ONNX Runtime's CUDA provider is not available (installed providers: {', '.join(ort.get_available_providers())}); "
+                "install onnxruntime-gpu on a machine with a GPU, or use --device cpu"
+            )
+        if dtype != "float32":
+            raise UserError(
+                f"--dtype {dtype} applies to the pytorch backend only; an ONNX Runtime variant runs the exported graph "
+                "as it is (export it in the precision you want)"
+            )
+        if path is not None and not has_onnx(path):
+            raise UserError(
+                f"{path} has no ONNX export (no *.onnx file) for the onnxruntime backend; "
+                "export the model first (e.g. a recipe with an ONNX export pass) or use --backend pytorch"
+            )
+
+    def handles(self, path):
+        return has_onnx(path) and not has_torch_weights(path)
+
+    def load(self, path, device, dtype, io_binding, threads):
+        import onnxruntime as ort
+        from optimum.onnxruntime import ORTModelForCausalLM
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
+        return ORTModelForCausalLM.from_pretrained(
+            path, provider=provider, session_options=options, use_cache=True,
+            use_io_binding=io_binding if device == "cuda" else False,
+        )
+
+    def runner(self, model, device):
+        return OptimumRunner(model, device)
+
+
+register(PyTorchBackend())
+register(OnnxRuntimeBackend())

@@ -264,13 +264,13 @@ def _resolve_path(ref: str) -> tuple[str, dict]:
 
 def _check_runnable(v: Variant, suite: Suite) -> None:
     """Backend availability and context length; raises UserError with the variant's one line."""
-    from .backends import check_available, context_length, has_onnx, has_torch_weights
+    from .backends import check_available, context_length, detect_backend
 
-    if v.backend is None:
-        v.backend = "onnxruntime" if has_onnx(v.path) and not has_torch_weights(v.path) else "pytorch"
     local = v.path if v.path and Path(v.path).exists() else None
+    if v.backend is None:
+        v.backend = detect_backend(local)
     check_available(v.backend, v.device, v.dtype, local)
-    ctx = context_length(local)
+    ctx = context_length(local, v.backend)
     needed = max(suite.settings.prompt_lens) + suite.settings.new_tokens
     if ctx is not None and needed > ctx:
         raise UserError(

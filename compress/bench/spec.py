@@ -41,6 +41,14 @@ BASE_NAME = "base"
 _NAME = re.compile(r"^[A-Za-z0-9][\w.+\-]*$")
 
 
+def _known_backend(name: str | None) -> str | None:
+    from .backends import backend_names
+
+    if name is not None and name not in backend_names():
+        raise ValueError(f"unknown backend '{name}'; use one of {', '.join(backend_names())}")
+    return name
+
+
 class BenchEvaluation(EvaluationData):
     """Evaluation windows for perplexity and divergence: by default 4 windows of 512 tokens (fits the 15-minute budget)."""
 
@@ -62,8 +70,9 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["pytorch", "onnxruntime"] | None = Field(
-        None, description="None: ONNX Runtime for a directory holding an ONNX export, PyTorch otherwise")
+    backend: str | None = Field(
+        None, description="None: chosen from the model's format (an ONNX export runs on ONNX Runtime, a .gguf file "
+        "on llama.cpp, ...); see compress.bench.backends")
     device: Literal["cpu", "cuda"] = "cpu"
     dtype: str = "float32"
     prompt_lens: list[int] = Field(default_factory=lambda: [128])
@@ -87,6 +96,11 @@ class Settings(BaseModel):
             raise ValueError("prompt_lens must be a non-empty list of positive token counts")
         return [int(x) for x in v]
 
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v):
+        return _known_backend(v)
+
     @field_validator("dtype")
     @classmethod
     def _dtype(cls, v):
@@ -107,9 +121,14 @@ class VariantSpec(BaseModel):
     model: str | None = Field(None, description="model reference; None: the base model")
     passes: list[Any] | None = Field(None, description="pass entries applied to `model` (or the base) before measuring")
     recipe: str | None = Field(None, description="a YAML recipe file whose passes (and calibration) build this variant")
-    backend: Literal["pytorch", "onnxruntime"] | None = None
+    backend: str | None = None
     device: Literal["cpu", "cuda"] | None = None
     dtype: str | None = None
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v):
+        return _known_backend(v)
 
     @field_validator("name")
     @classmethod

@@ -71,10 +71,14 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(int(threads))
 
 
-def _load_tokenizer(path: str):
-    from transformers import AutoTokenizer
+def _load_tokenizer(path: str, backend: str = "pytorch"):
+    from .backends import get_backend
 
-    return AutoTokenizer.from_pretrained(path)
+    return get_backend(backend).load_tokenizer(path)
+
+
+def _config_value(config, key: str):
+    return config.get(key) if isinstance(config, dict) else getattr(config, key)
 
 
 def _prompt_ids(tokenizer, text: str, length: int):
@@ -194,7 +198,7 @@ class TurnGate:
 def run_speed(job: dict, events: Events) -> None:
     import torch
 
-    from .backends import Runner, load_model
+    from .backends import get_backend, load_model, make_runner
     from .metrics import current_rss_bytes, page_faults, peak_rss_bytes, percentile, rss_parts
 
     name = job["name"]
@@ -202,19 +206,19 @@ def run_speed(job: dict, events: Events) -> None:
     events.emit("start", name)
     _set_threads(job.get("threads"))
     backend, device, dtype = job["backend"], job["device"], job["dtype"]
-    tokenizer = _load_tokenizer(job["path"])
+    tokenizer = _load_tokenizer(job["path"], backend)
     prompts = {n: _prompt_ids(tokenizer, job["prompt_text"], n) for n in job["prompt_lens"]}
 
     rss_before = current_rss_bytes()
     start = time.perf_counter()
     model = load_model(backend, job["path"], device, dtype, threads=job.get("threads"))
-    runner = Runner(model, backend, device)
+    runner = make_runner(backend, model, device)
     runner.sync()
     load_s = time.perf_counter() - start
     rss_after = current_rss_bytes()
     new_tokens = int(job["new_tokens"])
     for n in prompts:
-        check_context(model.config, n + new_tokens, f"a prompt of {n} tokens plus {new_tokens} new tokens")
+        check_context(get_backend(backend).config(model), n + new_tokens, f"a prompt of {n} tokens plus {new_tokens} new tokens")
     prompts = {n: runner.to_device(ids) for n, ids in prompts.items()}  # copies happen before any timing
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -324,21 +328,11 @@ def _same_vocab(tok_a, tok_b) -> bool:
     return tok_a.get_vocab() == tok_b.get_vocab()
 
 
-def _parameters(model) -> dict[str, int | None]:
-    import torch
-
-    from ..layers import count_parameters
-
-    if isinstance(model, torch.nn.Module):
-        return count_parameters(model)
-    return {"parameters": None, "nonzero_parameters": None}
-
-
 def _sample(model, backend: str, device: str, tokenizer, sample: dict) -> str:
-    from .backends import Runner
+    from .backends import make_runner
 
     ids = tokenizer(sample["prompt"], return_tensors="pt", add_special_tokens=False)["input_ids"]
-    tokens = Runner(model, backend, device).generate(ids, int(sample["new_tokens"]))
+    tokens = make_runner(backend, model, device).generate(ids, int(sample["new_tokens"]))
     return tokenizer.decode(tokens, skip_special_tokens=False)
 
 
@@ -346,18 +340,19 @@ def run_quality(job: dict, events: Events) -> None:
     import torch
 
     from ..evaluate import compare, perplexity
-    from .backends import load_model
+    from .backends import get_backend, load_model
     from .spec import BenchEvaluation
 
     _set_threads(job.get("threads"))
     ref = job["reference"]
     evaluation = BenchEvaluation(**job["evaluation"])
     batch = evaluation.batch_size
-    base_tok = _load_tokenizer(ref["path"])
+    base_backend = get_backend(ref["backend"])
+    base_tok = _load_tokenizer(ref["path"], ref["backend"])
     base = load_model(ref["backend"], ref["path"], "cpu", "float32", threads=job.get("threads"))
-    check_context(base.config, evaluation.seq_len, f"evaluation windows of {evaluation.seq_len} tokens")
+    check_context(base_backend.config(base), evaluation.seq_len, f"evaluation windows of {evaluation.seq_len} tokens")
     windows = evaluation.load(base_tok)
-    vocab = int(base.config.vocab_size)
+    vocab = int(_config_value(base_backend.config(base), "vocab_size"))
     cache_bytes = windows.input_ids.numel() * vocab * 4
     reference = ReplayLogits(base, windows, batch) if cache_bytes <= job.get("cache_limit", LOGITS_CACHE_LIMIT) else None
     events.emit("windows", None, data=windows.provenance, cached_base_logits=reference is not None)
@@ -376,11 +371,12 @@ def run_quality(job: dict, events: Events) -> None:
                 # The reference compared with itself: zero divergence by construction.
                 q.update(kl_mean=0.0, top1_agreement=1.0, delta_p_correct=0.0)
             else:
-                tok = _load_tokenizer(v["path"])
+                backend = get_backend(v["backend"])
+                tok = _load_tokenizer(v["path"], v["backend"])
                 if not _same_vocab(tok, base_tok):
                     raise UserError("its tokenizer differs from the base model's, so perplexity and divergence on the same windows cannot be compared")
                 model = load_model(v["backend"], v["path"], v["device"], v["dtype"], io_binding=False, threads=job.get("threads"))
-                check_context(model.config, evaluation.seq_len, f"evaluation windows of {evaluation.seq_len} tokens")
+                check_context(backend.config(model), evaluation.seq_len, f"evaluation windows of {evaluation.seq_len} tokens")
                 other = reference.rewind() if reference is not None else base
                 q = compare(other, model, windows, batch, desc=f"{name}: divergence")
                 q.pop("perplexity_base", None)
@@ -390,7 +386,7 @@ def run_quality(job: dict, events: Events) -> None:
                 "top1_agreement": q["top1_agreement"],
                 "delta_p_correct": q["delta_p_correct"],
                 "tokens": q["tokens"],
-                **_parameters(model),
+                **get_backend(v["backend"]).parameters(model),
             }
             try:
                 result["sample"] = _sample(model, v["backend"], v["device"] if not is_reference else "cpu", tok, job["sample"])

@@ -15,8 +15,9 @@ from ..data import BUILTIN
 @click.option("--suite", type=click.Path(dir_okay=False), default=None,
               help="YAML suite (base, settings, variants). Default: configs/bench-default.yaml when no VARIANTS are given.")
 @click.option("-m", "--base", default=None, help="Base model every ratio is taken against (default: the suite's, else the built-in model).")
-@click.option("--backend", type=click.Choice(["pytorch", "onnxruntime"]), default=None,
-              help="Backend for variants that don't set one. Default: ONNX Runtime for an ONNX export directory, PyTorch otherwise.")
+@click.option("--backend", default=None,
+              help="Backend for variants that don't set one: pytorch, onnxruntime, or another installed runtime "
+                   "(see docs/bench.md). Default: chosen from each model's format (an ONNX export runs on ONNX Runtime).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Device for variants that don't set one [default: cpu].")
 @click.option("--dtype", default=None, help="PyTorch dtype: float32, float16 or bfloat16 [default: float32].")
 @click.option("--prompt-len", "prompt_lens", type=int, multiple=True, help="Prompt length in tokens; repeat for several [default: 128].")

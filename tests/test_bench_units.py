@@ -272,3 +272,21 @@ def test_a_backend_in_its_own_module_is_found_by_name_and_chosen_by_format(tmp_p
     assert backends.detect_backend(tmp_path) == "pytorch"  # nothing there: the default
     with pytest.raises(Exception, match="runs on cpu, not cuda"):
         backends.check_available("fake", "cuda", "float32", model)
+
+
+def test_a_faster_copy_at_the_same_perplexity_pushes_its_source_off_the_pareto_front():
+    # The base (10 tok/s, 12.880) and an exported copy (20 tok/s, 12.881: float rounding only):
+    # the copy is better on speed and equal on quality, so the base is dominated.
+    pts = [(10.0, 12.880), (20.0, 12.881), (30.0, 14.0)]
+    assert pareto_front(pts, maximize_x=True) == [1, 2]
+    # A real quality difference (1%) keeps the slower, better point on the front.
+    assert pareto_front([(10.0, 12.75), (20.0, 12.881)], maximize_x=True) == [0, 1]
+
+
+def test_report_rows_are_grouped_by_runtime_with_the_base_first():
+    from compress.bench.report import grouped_by_runtime
+
+    variants = [{"name": "gguf-q8", "backend": "llamacpp"}, {"name": "base", "backend": "pytorch"},
+                {"name": "ort", "backend": "onnxruntime"}, {"name": "mlp", "backend": "pytorch"},
+                {"name": "gguf-q4", "backend": "llamacpp"}]
+    assert [v["name"] for v in grouped_by_runtime(variants, "base")] == ["base", "mlp", "ort", "gguf-q8", "gguf-q4"]

@@ -274,13 +274,16 @@ def to_markdown(report: dict, plot_file: str | None = None) -> str:
         "",
         "## Speed and memory",
         "",
-        "| Variant | Backend / device / dtype | Status | Prefill ms | Prefill × base | Decode tok/s | Decode × base "
+        "Grouped by runtime; every ratio is against the base (first row).",
+        "",
+        "| Variant | Runtime / device / dtype | Status | Prefill ms | Prefill × base | Decode tok/s | Decode × base "
         "| Token ms p50 / p90 / p99 | Load s | Peak RSS MB | RSS × base |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for v in report["variants"]:
+    ordered = grouped_by_runtime(report["variants"], report["base"])
+    for v in ordered:
         sp, r = v.get("speed"), v["ratios"]
-        where = f"{v['backend'] or '?'} / {v['device']} / {v['dtype']}"
+        where = f"{runtime_label(v['backend'])} / {v['device']} / {v['dtype']}"
         if not sp:
             lines.append(f"| {v['name']} | {where} | {v['status']} | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a |")
             continue
@@ -307,13 +310,13 @@ def to_markdown(report: dict, plot_file: str | None = None) -> str:
         "",
         "## Size and quality",
         "",
-        "| Variant | What | Size MB | Size × base | Parameters | Non-zero | Perplexity | PPL × base | KL (base ‖ variant) | Top-1 agreement |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| Variant | Runtime | What | Size MB | Size × base | Parameters | Non-zero | Perplexity | PPL × base | KL (base ‖ variant) | Top-1 agreement |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for v in report["variants"]:
+    for v in ordered:
         q, size, r = v.get("quality") or {}, v.get("size") or {}, v["ratios"]
         lines.append(
-            f"| {v['name']} | {v['description']} | {_f(_mb(size.get('weights_bytes')))} | {_x(r['size'])} "
+            f"| {v['name']} | {runtime_label(v['backend'])} | {v['description']} | {_f(_mb(size.get('weights_bytes')))} | {_x(r['size'])} "
             f"| {_f(q.get('parameters'), '{:,}')} | {_f(q.get('nonzero_parameters'), '{:,}')} "
             f"| {_f(q.get('perplexity'), '{:.2f}')} | {_x(r['perplexity'])} | {_f(q.get('kl_mean'), '{:.4f}')} "
             f"| {_f(q.get('top1_agreement'), '{:.1%}')} |"
@@ -325,7 +328,8 @@ def to_markdown(report: dict, plot_file: str | None = None) -> str:
     if plot_file:
         lines += ["", "## Quality against speed and memory", "",
                   "Perplexity (lower is better) against decode speed and against peak RSS; the Pareto front "
-                  "(variants no other variant beats on both axes) is joined by a line.", "", f"![quality vs speed and memory]({plot_file})"]
+                  "(variants no other variant beats on both axes; perplexities within "
+                  f"{PARETO_QUALITY_TIE:.1%} of each other count as equal) is joined by a line; the marker says the runtime.", "", f"![quality vs speed and memory]({plot_file})"]
     samples = [(v["name"], (v.get("quality") or {}).get("sample")) for v in report["variants"]]
     if any(t for _, t in samples):
         prompt = s.get("sample", {}).get("prompt", "")
@@ -386,22 +390,62 @@ def _scaled(s: dict | None, factor: float) -> dict | None:
 # --------------------------------------------------------------------------- plot
 
 
-def pareto_front(points: list[tuple[float, float]], maximize_x: bool) -> list[int]:
-    """Indices of points no other point beats on both axes (y is minimized), sorted along x."""
+# Perplexities closer than this (relative) are a tie: an exported or re-serialised copy of the
+# same weights differs from its source in the fourth or fifth digit through float rounding
+# alone, and a copy that is faster at "the same" quality must push its source off the front.
+PARETO_QUALITY_TIE = 0.002
+
+
+def pareto_front(points: list[tuple[float, float]], maximize_x: bool, y_tie: float = PARETO_QUALITY_TIE) -> list[int]:
+    """Indices of points no other point beats on both axes (y is minimized), sorted along x.
+
+    Two y values within `y_tie` (relative) of each other count as equal, so a point
+    that is better on x and equal on y dominates.
+    """
     front = []
     for i, (x, y) in enumerate(points):
         dominated = False
         for j, (x2, y2) in enumerate(points):
             if j == i:
                 continue
+            tied = abs(y2 - y) <= y_tie * max(abs(y), abs(y2))
             better_x = x2 >= x if maximize_x else x2 <= x
-            strictly = (x2 > x if maximize_x else x2 < x) or y2 < y
-            if better_x and y2 <= y and strictly:
+            strictly_x = x2 > x if maximize_x else x2 < x
+            if better_x and (y2 <= y or tied) and (strictly_x or (y2 < y and not tied)):
                 dominated = True
                 break
         if not dominated:
             front.append(i)
     return sorted(front, key=lambda i: points[i][0])
+
+
+# How each backend is named in the reports, in the order its group appears.
+RUNTIME_LABELS = {
+    "pytorch": "PyTorch",
+    "onnxruntime": "ONNX Runtime (optimum)",
+    "ort-genai": "ONNX Runtime GenAI (fused graph)",
+    "llamacpp": "llama.cpp",
+}
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
+
+
+def runtime_label(backend: str | None) -> str:
+    return RUNTIME_LABELS.get(backend or "", backend or "?")
+
+
+def grouped_by_runtime(variants: list[dict], base_name: str) -> list[dict]:
+    """Variants ordered by runtime (the base's runtime first, the base first within it), stable otherwise."""
+    order = list(RUNTIME_LABELS)
+    base = next((v for v in variants if v["name"] == base_name), None)
+    first = base["backend"] if base else None
+
+    def key(item):
+        i, v = item
+        b = v.get("backend")
+        group = -1 if b == first else (order.index(b) if b in order else len(order))
+        return (group, v["name"] != base_name, i)
+
+    return [v for _, v in sorted(enumerate(variants), key=key)]
 
 
 def plot(report: dict, path: Path) -> bool:
@@ -412,7 +456,7 @@ def plot(report: dict, path: Path) -> bool:
         ppl = q.get("perplexity")
         if sp and ppl is not None and math.isfinite(ppl):
             pts.append((v["name"], _median(sp["prompts"][0]["decode_tokens_per_s"]),
-                        _median(sp["peak_rss_bytes"]) / 1e6, ppl))
+                        _median(sp["peak_rss_bytes"]) / 1e6, ppl, v.get("backend") or "?"))
     if not pts:
         return False
     import matplotlib
@@ -423,12 +467,16 @@ def plot(report: dict, path: Path) -> bool:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     panels = [(axes[0], 1, True, "decode tokens/s (median; higher is faster)"),
               (axes[1], 2, False, "peak RSS of the measuring process, MB (median; lower is smaller)")]
+    runtimes = sorted({p[4] for p in pts}, key=lambda b: list(RUNTIME_LABELS).index(b) if b in RUNTIME_LABELS else 99)
     for ax, col, maximize, xlabel in panels:
         xy = [(p[col], p[3]) for p in pts]
         front = pareto_front(xy, maximize_x=maximize)
-        ax.scatter([x for x, _ in xy], [y for _, y in xy], color="tab:blue", zorder=2)
+        for k, runtime in enumerate(runtimes):
+            mine = [xy[i] for i, p in enumerate(pts) if p[4] == runtime]
+            ax.scatter([x for x, _ in mine], [y for _, y in mine], marker=_MARKERS[k % len(_MARKERS)],
+                       color=f"C{k}", zorder=2, label=runtime_label(runtime))
         ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], color="tab:red", marker="o",
-                markerfacecolor="none", markersize=12, zorder=1, label="Pareto front")
+                markerfacecolor="none", markersize=13, zorder=1, label="Pareto front")
         for (name, *_), (x, y) in zip(pts, xy):
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
         ax.set_xlabel(xlabel)

@@ -225,8 +225,10 @@ def check_disjoint(calibration: TextSpec, evaluation: TextSpec) -> None:
     if {calibration.split, evaluation.split} != {"calibration", "evaluation"} or (
         calibration.eval_fraction != evaluation.eval_fraction
     ):
+        same = (calibration.source if calibration.source == evaluation.source
+                else f"{calibration.source} and {evaluation.source} (byte-identical copies)")
         raise UserError(
-            f"calibration and evaluation both read {calibration.source} with splits "
+            f"calibration and evaluation both read {same} with splits "
             f"{calibration.split}/{evaluation.split}: they would overlap; use split 'calibration' for "
             "calibration and 'evaluation' for evaluation (same eval_fraction), or two different sources"
         )

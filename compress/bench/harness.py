@@ -288,7 +288,6 @@ def _check_runnable(v: Variant, suite: Suite) -> None:
         v.backend = "onnxruntime" if has_onnx(v.path) and not has_torch_weights(v.path) else "pytorch"
     local = v.path if v.path and Path(v.path).exists() else None
     check_available(v.backend, v.device, v.dtype, local)
-    _check_model(v.model_ref, local, suite)
     ctx = context_length(local)
     needed = max(suite.settings.prompt_lens) + suite.settings.new_tokens
     if ctx is not None and needed > ctx:
@@ -296,6 +295,7 @@ def _check_runnable(v: Variant, suite: Suite) -> None:
             f"a prompt of {max(suite.settings.prompt_lens)} tokens plus {suite.settings.new_tokens} new tokens "
             f"needs {needed} positions but the model's context is {ctx} tokens; use a shorter --prompt-len or --new-tokens"
         )
+    _check_model(v.model_ref, local, suite)
 
 
 def plan(suite: Suite) -> list[Variant]:

@@ -46,7 +46,8 @@ from ..data import BUILTIN
 @click.option("--timeout", type=float, default=None, help="Seconds before a stuck measurement is stopped and its variant failed [default: 900].")
 @click.option("-o", "--output", type=click.Path(), default=None,
               help="Report directory (written atomically) [default: bench-results/<UTC time>].")
-@click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
+@click.option("--force", is_flag=True, help="Replace the output directory if it exists and is an earlier report "
+              "of compress (bench.json and its siblings, nothing else).")
 def command(variants, suite, output, force, work_dir, **options) -> None:
     """Measure load time, prefill and decode speed, memory, size and quality of
     every variant side by side, each measurement in a fresh process.

@@ -118,8 +118,12 @@ def check_replaceable(out: Path) -> None:
     our bench report and nothing else of note. Never the current directory, the home directory or a
     directory that holds either, whatever is in them.
     """
-    here, home = Path.cwd().resolve(), Path.home().resolve()
-    if out == here or _is_within(here, out):
+    try:
+        here = Path.cwd().resolve()
+    except FileNotFoundError:  # the current directory was deleted: nothing there to protect
+        here = None
+    home = Path.home().resolve()
+    if here is not None and (out == here or _is_within(here, out)):
         raise UserError(f"--force will not replace {out}: it is or holds the current directory; choose a new output directory")
     if out == home or _is_within(home, out):
         raise UserError(f"--force will not replace {out}: it is or holds the home directory; choose a new output directory")
@@ -401,7 +405,7 @@ def expected_size(artifact: Artifact) -> int | None:
         return model.size_bytes()
     try:
         storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in model.state_dict().values()}
-    except (AttributeError, RuntimeError, TypeError):
+    except Exception:  # an estimate for one message; never a reason for a save to fail
         return None
     return sum(storages.values()) or None
 

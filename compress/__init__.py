@@ -8,14 +8,25 @@ Python API (the CLI calls the same objects)::
     save_artifact(pruned, "out/pruned")
 """
 
-from .artifact import Artifact
-from .data import TextSpec, WindowSpec, load_text, load_windows
-from .errors import QualityError, UserError
-from .evaluate import compare, perplexity
-from .models import DEFAULT_MODEL, load_artifact, resolve_source
-from .passes import REGISTRY, CalibrationData, MagnitudePrune, Pass, PassContext, build_pass
-from .recipe import EvaluationData, Recipe, run_recipe
-from .saving import save_artifact
+import importlib
+
+# Names resolve on first use (PEP 562): `import compress` stays light, so the command line
+# starts quickly and a Ctrl-C while it starts is the CLI's to answer (see compress/cli.py).
+_EXPORTS = {
+    "Artifact": "artifact", "TextSpec": "data", "WindowSpec": "data", "load_text": "data", "load_windows": "data",
+    "QualityError": "errors", "UserError": "errors", "compare": "evaluate", "perplexity": "evaluate",
+    "DEFAULT_MODEL": "models", "load_artifact": "models", "resolve_source": "models", "REGISTRY": "passes",
+    "CalibrationData": "passes", "MagnitudePrune": "passes", "Pass": "passes", "PassContext": "passes",
+    "build_pass": "passes", "EvaluationData": "recipe", "Recipe": "recipe", "run_recipe": "recipe",
+    "save_artifact": "saving",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'compress' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 

@@ -2,20 +2,34 @@
 
 Each command family lives in its own module under compress/commands/ and is
 registered in COMMAND_MODULES. Errors caused by input print one line and exit
-non-zero (2, or 3 for a failed quality guard); --verbose adds tracebacks.
+non-zero (2; 3 for a failed quality guard; 4 for a full disk); --verbose adds tracebacks.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
 import sys
 import traceback
 
-import click
 
-from .cli_options import data_options, data_specs, output_options
-from .errors import UserError
-from .progress import configure
+@contextlib.contextmanager
+def _interrupt_exits():
+    """Ctrl-C while the command line starts (importing torch takes seconds): one line and exit 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted while starting; nothing was done\n")
+        sys.exit(130)
+
+
+with _interrupt_exits():
+    import click
+
+    from .cli_options import data_options, data_specs, output_options, trust_remote_code_option
+    from .errors import DiskFullError, UserError
+    from .progress import configure
 
 # Modules under compress.commands that each define `command` (a click command or group).
 COMMAND_MODULES: list[str] = [
@@ -48,8 +62,7 @@ def cli(quiet: bool, verbose: bool) -> None:
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("-m", "--model", default=None,
               help="Model: alias (smollm2-135m-instruct), local directory, .gguf file or hub id. Overrides the recipe's.")
-@click.option("--trust-remote-code", is_flag=True,
-              help="Allow a hub model's own Python code to run (off by default; only for models you trust).")
+@trust_remote_code_option
 @output_options
 def run_command(recipe: str, model: str | None, output: str, force: bool, trust_remote_code: bool) -> None:
     """Run a YAML recipe of passes on a model and save the result.
@@ -86,7 +99,8 @@ def _register_commands() -> None:
         cli.add_command(module.command)
 
 
-_register_commands()
+with _interrupt_exits():
+    _register_commands()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,18 +113,33 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except click.UsageError as exc:  # a bad option or value: one line, like every other bad input
+        command = exc.ctx.command_path if exc.ctx is not None else "compress"
+        click.echo(f"error: {exc.format_message()} (see {command} --help)", err=True)
+        return exc.exit_code
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("interrupted; no output was written", err=True)
         return 130
-    except Exception as exc:  # an internal error: still one line unless asked for more
-        if _state["verbose"]:
-            traceback.print_exc()
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        click.echo(f"error: {type(exc).__name__}: {first} (run with --verbose for the traceback)", err=True)
-        return 1
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return _internal_error(exc)
+        where = f" ({exc.filename})" if exc.filename else ""
+        click.echo(f"error: the disk is full{where}; free some space and run again", err=True)
+        return DiskFullError.exit_code
+    except Exception as exc:
+        return _internal_error(exc)
+
+
+def _internal_error(exc: BaseException) -> int:
+    """An internal error: still one line unless asked for more."""
+    if _state["verbose"]:
+        traceback.print_exc()
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    click.echo(f"error: {type(exc).__name__}: {first} (run with --verbose for the traceback)", err=True)
+    return 1
 
 
 def entry_point() -> None:

@@ -20,6 +20,7 @@ from different sources (see `check_disjoint`).
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import UserError
 
@@ -44,13 +45,52 @@ class TextSpec(BaseModel):
     source: str = BUILTIN
     split: Split = "evaluation"
     text_field: str = "text"
+    encoding: str = "utf-8"
     eval_fraction: float = Field(0.5, gt=0.0, lt=1.0)
 
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, v):
+        try:
+            codecs.lookup(v)
+        except LookupError:
+            raise ValueError(f"unknown text encoding {v!r}; use e.g. utf-8, latin-1 or cp1252") from None
+        return v
+
+    def text_only(self) -> "TextSpec":
+        """Just which text and which part (a subclass's window settings dropped)."""
+        return TextSpec(**{k: getattr(self, k) for k in TextSpec.model_fields})
+
     def identity(self) -> str:
-        """A key that is equal for two specs reading the same underlying text."""
+        """A key that is equal for two specs reading the same underlying text.
+
+        A local file is known by its content, so a byte-identical copy under another name is the same text.
+        """
         if self.source == BUILTIN or self.source.startswith("hf:"):
             return self.source
-        return str(Path(self.source).expanduser().resolve())
+        path = Path(self.source).expanduser().resolve()
+        if path.is_file():
+            return "sha256:" + _file_sha256(path)
+        return str(path)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def decode_text(path: Path, data: bytes, encoding: str) -> str:
+    """The file's text; a byte the encoding cannot read is one line naming the file and its offset."""
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"text file {path} is not valid {encoding}: byte {exc.start} (0x{data[exc.start]:02x}) cannot be decoded; "
+            "pass --encoding with the file's encoding (e.g. latin-1, cp1252) or convert it to UTF-8"
+        ) from None
 
 
 class WindowSpec(BaseModel):
@@ -76,7 +116,7 @@ def _builtin_text() -> str:
     return "\n\n".join(topics[k].strip() for k in sorted(topics))
 
 
-def _read_file(path: Path, text_field: str) -> str:
+def _read_file(path: Path, text_field: str, encoding: str = "utf-8") -> str:
     if not path.exists():
         raise UserError(f"text file {path} does not exist; check the path")
     if path.is_dir():
@@ -84,7 +124,7 @@ def _read_file(path: Path, text_field: str) -> str:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         texts = []
-        for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        for n, line in enumerate(decode_text(path, path.read_bytes(), encoding).splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -92,7 +132,8 @@ def _read_file(path: Path, text_field: str) -> str:
             except json.JSONDecodeError:
                 raise UserError(f"{path} line {n} is not valid JSON; each line must be one JSON object") from None
             if not isinstance(obj, dict) or text_field not in obj:
-                raise UserError(f"{path} line {n} has no '{text_field}' field; set text_field to the field holding the text")
+                raise UserError(f"{path} line {n} has no '{text_field}' field; name the field holding the text with --text-field "
+                                "(text_field in a recipe)")
             texts.append(str(obj[text_field]))
         return "\n\n".join(texts)
     if suffix == ".parquet":
@@ -104,7 +145,7 @@ def _read_file(path: Path, text_field: str) -> str:
         if text_field not in table.column_names:
             raise UserError(f"{path} has no column '{text_field}' (columns: {', '.join(table.column_names)})")
         return "\n\n".join(str(t) for t in table.column(text_field).to_pylist() if t)
-    return path.read_text(encoding="utf-8", errors="replace")
+    return decode_text(path, path.read_bytes(), encoding)
 
 
 def _hf_text(ref: str, text_field: str) -> str:
@@ -142,15 +183,20 @@ def read_source(spec: TextSpec) -> str:
         return _builtin_text()
     if spec.source.startswith("hf:"):
         return _hf_text(spec.source, spec.text_field)
-    return _read_file(Path(spec.source).expanduser(), spec.text_field)
+    return _read_file(Path(spec.source).expanduser(), spec.text_field, spec.encoding)
 
 
 def split_text(text: str, split: Split, eval_fraction: float) -> str:
-    """The evaluation part is the text before a line break near eval_fraction; calibration is the rest."""
+    """The evaluation part is the text before a line break near eval_fraction; calibration is the rest.
+
+    A text with no line break after that point (one long line) is cut at the next whitespace instead.
+    """
     if split == "all":
         return text
     target = int(len(text) * eval_fraction)
     cut = text.find("\n", target)
+    if cut < 0:
+        cut = next((i for i in range(target, len(text)) if text[i].isspace()), -1)
     cut = len(text) if cut < 0 else cut + 1
     return text[:cut] if split == "evaluation" else text[cut:]
 
@@ -179,8 +225,10 @@ def check_disjoint(calibration: TextSpec, evaluation: TextSpec) -> None:
     if {calibration.split, evaluation.split} != {"calibration", "evaluation"} or (
         calibration.eval_fraction != evaluation.eval_fraction
     ):
+        same = (calibration.source if calibration.source == evaluation.source
+                else f"{calibration.source} and {evaluation.source} (byte-identical copies)")
         raise UserError(
-            f"calibration and evaluation both read {calibration.source} with splits "
+            f"calibration and evaluation both read {same} with splits "
             f"{calibration.split}/{evaluation.split}: they would overlap; use split 'calibration' for "
             "calibration and 'evaluation' for evaluation (same eval_fraction), or two different sources"
         )

@@ -16,3 +16,9 @@ class QualityError(UserError):
     """A transformed model failed its quality guard (see `compress.evaluate`)."""
 
     exit_code = 3
+
+
+class DiskFullError(UserError):
+    """The disk filled up while an output was written; the earlier output, if any, is intact."""
+
+    exit_code = 4

@@ -107,10 +107,13 @@ def resolve_source(ref: str) -> ModelSource:
                 f"{path} is not a Hugging Face model directory (no config.json); give the directory that holds config.json"
             )
         return ModelSource("local", str(path.resolve()), path.resolve())
-    # A hub id has exactly one slash; anything else with path syntax is a missing path.
-    looks_like_path = ref.startswith((".", "/", "~")) or ref.endswith(".gguf") or ref.count("/") > 1 or "\\" in ref
+    # A hub id has exactly one slash; anything else with path syntax is a missing path, and so is
+    # `out/typo` when `out` is a local directory: a typo there should not become a hub request.
+    first = Path(ref).parts[0] if Path(ref).parts else ref
+    looks_like_path = (ref.startswith((".", "/", "~")) or ref.endswith(".gguf") or ref.count("/") > 1 or "\\" in ref
+                       or ("/" in ref and Path(first).expanduser().exists()))
     if looks_like_path:
-        raise UserError(f"model path {ref} does not exist; check the path")
+        raise UserError(f"model path {ref} does not exist (no such directory or file); check the path")
     if _HUB_ID.match(ref):
         return ModelSource("hub", ref)
     known = ", ".join(sorted(list(BUILTIN_MODELS) + list(ALIASES)))
@@ -171,6 +174,45 @@ def _torch_dtype(dtype: str | None):
     return getattr(torch, key)
 
 
+def load_dir_of(source: ModelSource) -> str | Path:
+    """What `from_pretrained` reads for a source: a directory (GGUF files are converted once) or a hub id."""
+    if source.kind in ("builtin", "gguf"):
+        return converted_gguf_dir(source.path)
+    return source.path if source.kind == "local" else source.ref
+
+
+def load_config(ref: str | ModelSource, trust_remote_code: bool = False, cache_dir: str | os.PathLike | None = None):
+    """The config of a model source, without its weights; checked against what the passes support."""
+    from transformers import AutoConfig
+
+    from .support import check_supported
+
+    source = ref if isinstance(ref, ModelSource) else resolve_source(ref)
+    try:
+        config = AutoConfig.from_pretrained(load_dir_of(source), trust_remote_code=trust_remote_code,
+                                            cache_dir=cache_dir)
+    except Exception as exc:
+        raise UserError(_load_failure("config", source, exc)) from None
+    check_supported(config, f"{source.path or source.ref}")
+    return config
+
+
+# Files one of which every tokenizer transformers can load has.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "vocab.txt",
+                    "spiece.model", "sentencepiece.bpe.model")
+
+
+def _check_model_directory(path: Path) -> None:
+    """Name what a local directory lacks before transformers fails on it with a vaguer message."""
+    has_torch = any(any(path.glob(g)) for g in ("*.safetensors", "pytorch_model*.bin", "model*.bin"))
+    if not has_torch and any(path.glob("*.onnx")):
+        raise UserError(f"{path} holds an ONNX export, but this command needs PyTorch weights (safetensors); "
+                        "give the directory it was exported from")
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise UserError(f"{path} has no tokenizer (none of tokenizer.json, tokenizer_config.json, vocab.json, "
+                        "tokenizer.model); copy the tokenizer files of the model it came from into it")
+
+
 def load_artifact(
     ref: str = DEFAULT_MODEL,
     dtype: str | None = "float32",
@@ -181,28 +223,35 @@ def load_artifact(
     """Load a model and its tokenizer from any supported source.
 
     `cache_dir` is the Hugging Face hub cache for hub ids (default: HF's own).
+    Refused with one line: an architecture the passes do not support (compress.support),
+    and a checkpoint that lacks weights, which transformers would initialise at random.
     """
     source = resolve_source(ref)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    load_dir: str | Path
-    if source.kind in ("builtin", "gguf"):
-        load_dir = converted_gguf_dir(source.path)
-    elif source.kind == "local":
-        load_dir = source.path
-    else:
-        load_dir = source.ref
+    load_dir = load_dir_of(source)
+    if source.kind == "local":
+        _check_model_directory(source.path)
+    config = load_config(source, trust_remote_code=trust_remote_code, cache_dir=cache_dir)
     torch_dtype = _torch_dtype(dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(load_dir, trust_remote_code=trust_remote_code, cache_dir=cache_dir)
     except Exception as exc:
         raise UserError(_load_failure("tokenizer", source, exc)) from None
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            load_dir, dtype=torch_dtype, trust_remote_code=trust_remote_code, cache_dir=cache_dir
+        model, info = AutoModelForCausalLM.from_pretrained(
+            load_dir, config=config, dtype=torch_dtype, trust_remote_code=trust_remote_code, cache_dir=cache_dir,
+            output_loading_info=True,
         )
     except Exception as exc:
         raise UserError(_load_failure("model", source, exc)) from None
+    fresh = list(info.get("missing_keys") or []) + [k[0] if isinstance(k, tuple) else k
+                                                     for k in info.get("mismatched_keys") or []]
+    if fresh:
+        raise UserError(
+            f"{source.path or source.ref} has no weights for {len(fresh)} tensors of {type(model).__name__} "
+            f"(e.g. {fresh[0]}), which would start random; give a complete {type(model).__name__} checkpoint"
+        )
     model.eval()
     if device != "cpu":
         model.to(device)
@@ -218,9 +267,19 @@ def load_artifact(
 
 def _load_failure(what: str, source: ModelSource, exc: BaseException) -> str:
     reason = _short(exc)
+    where = source.path or source.ref
+    text, cause = str(exc), exc
+    while cause.__cause__ is not None or cause.__context__ is not None:  # transformers wraps the real cause
+        cause = cause.__cause__ or cause.__context__
+        text += "\n" + str(cause)
+    if "trust_remote_code" in text:
+        return (f"{where} needs its own Python code to load (auto_map in its config); "
+                "pass --trust-remote-code if you trust that code")
+    if "weights_only" in text.lower() or "Weights only load failed" in text:
+        return (f"the weights of {where} are a pickle holding more than tensors, which could run code when loaded, "
+                "so they are refused; convert them to safetensors where you trust them")
     if source.kind == "hub":
-        return (
-            f"could not load {what} '{source.ref}' from the Hugging Face Hub ({reason}); "
-            "check the id and your network, or pass a local directory"
-        )
-    return f"could not load {what} from {source.path or source.ref} ({reason}); the checkpoint may be corrupt, truncated or incomplete"
+        log.debug(f"hub load of {source.ref} failed: {reason}")
+        return (f"no local directory {source.ref} and no hub model {source.ref} reachable; check the path, "
+                "or the hub id and the network")
+    return f"could not load {what} from {where} ({reason}); the checkpoint may be corrupt, truncated or incomplete"

@@ -49,6 +49,9 @@ def require_onnxruntime() -> None:
         import onnxruntime  # noqa: F401
     except ImportError:
         raise UserError("ONNX passes need ONNX Runtime: pip install 'compress[cpu]' (or onnxruntime-gpu)") from None
+    from .progress import quiet_onnxruntime
+
+    quiet_onnxruntime()
 
 
 class OnnxCausalLM:

@@ -61,7 +61,7 @@ class EvaluationData(TextSpec):
     batch_size: int = Field(1, ge=1)
 
     def load(self, tokenizer):
-        text = TextSpec(source=self.source, split=self.split, text_field=self.text_field, eval_fraction=self.eval_fraction)
+        text = self.text_only()
         spec = WindowSpec(seq_len=self.seq_len, stride=self.stride, max_windows=self.windows, add_bos=self.add_bos)
         return load_windows(tokenizer, text, spec)
 
@@ -118,6 +118,15 @@ class Recipe(BaseModel):
         return run_recipe(self, model=model, output=output, force=force)
 
 
+def window_lengths(recipe: Recipe) -> dict[str, int | None]:
+    """Tokens per window the recipe will feed the model: calibration, training (distill), evaluation."""
+    training = [p.seq_len for p in recipe.passes if p.needs_calibration and isinstance(getattr(p, "seq_len", None), int)]
+    calibrated = any(p.needs_calibration and not isinstance(getattr(p, "seq_len", None), int) for p in recipe.passes)
+    return {"calibration": recipe.calibration.seq_len if calibrated else None,
+            "training": max(training) if training else None,
+            "evaluation": recipe.evaluation.seq_len if recipe.evaluation else None}
+
+
 def run_recipe(
     recipe: Recipe,
     model: str | None = None,
@@ -128,22 +137,28 @@ def run_recipe(
 ) -> Artifact:
     """Load the model, measure it, apply every pass, measure again, save.
 
-    The output path is checked before any work so a doomed run fails at once.
+    The output path, the model's architecture and every window length are checked
+    before any work so a doomed run fails at once.
     """
     from .saving import check_output_path
-    from .models import resolve_source
+    from .models import load_config, resolve_source
+    from .support import check_sequence_lengths
 
     ref = model or recipe.model or DEFAULT_MODEL
+    source = resolve_source(ref) if base is None else None
     if output is not None:
-        source = resolve_source(ref) if base is None else None
         check_output_path(output, force, source.path if source else base.source_path)
     if recipe.evaluation is not None and any(p.needs_calibration for p in recipe.passes):
         check_disjoint(recipe.calibration, recipe.evaluation)
+    config = load_config(source, trust_remote_code=trust_remote_code) if source else base.model.config
+    check_sequence_lengths(config, ref, window_lengths(recipe))
 
     start = time.perf_counter()
     base = base or load_artifact(ref, trust_remote_code=trust_remote_code)
     ctx = PassContext(calibration=recipe.calibration)
     windows = recipe.evaluation.load(base.tokenizer) if recipe.evaluation else None
+    if not recipe.passes:
+        log.warning("the recipe has no passes: the output is an unchanged copy of the model")
 
     current = base
     for i, p in enumerate(recipe.passes):

@@ -51,7 +51,7 @@ def test_run_writes_an_output_and_prints_perplexity(capsys, tiny_llama_dir, tmp_
         ("passes:\n  - magnitude_prune: {sparsity: -1}\n", [], "sparsity"),
         ("passes: []\n", ["-m", "./missing-model"], "model path ./missing-model does not exist"),
         ("passes: []\n", ["-m", "no-such-alias"], "unknown model alias"),
-        ("evaluation: {source: empty.txt}\npasses: []\n", [], "is empty"),
+        ("evaluation: {source: empty.txt, seq_len: 64}\npasses: []\n", [], "is empty"),
     ],
 )
 def test_bad_input_is_one_line_with_exit_code_2(capsys, tmp_path, tiny_llama_dir, monkeypatch, recipe_text, extra, message):

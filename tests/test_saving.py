@@ -36,12 +36,35 @@ def test_existing_output_is_refused_without_force(tiny_llama, tmp_path):
         save_artifact(tiny_llama, tmp_path / "out")
 
 
-def test_force_replaces_an_existing_output(tiny_llama, tmp_path):
+def test_force_replaces_an_earlier_output(tiny_llama, tmp_path):
+    out = save_artifact(tiny_llama, tmp_path / "out")
+    (out / "model.safetensors").write_bytes(b"an older, different output")
+    save_artifact(tiny_llama, out, force=True)
+    assert AutoModelForCausalLM.from_pretrained(out) is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_force_refuses_a_directory_that_is_not_an_output(tiny_llama, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "stale.txt").write_text("old")
-    save_artifact(tiny_llama, out, force=True)
-    assert not (out / "stale.txt").exists() and (out / "config.json").exists()
+    (out / "thesis.txt").write_text("the user's")
+    with pytest.raises(UserError, match="not an output of compress"):
+        save_artifact(tiny_llama, out, force=True)
+    assert (out / "thesis.txt").read_text() == "the user's"
+
+
+def test_force_refuses_an_output_holding_files_compress_did_not_write(tiny_llama, tmp_path):
+    out = save_artifact(tiny_llama, tmp_path / "out")
+    (out / "notes.txt").write_text("added by the user")
+    with pytest.raises(UserError, match=r"files compress did not write \(notes.txt\)"):
+        save_artifact(tiny_llama, out, force=True)
+    assert (out / "notes.txt").exists()
+
+
+def test_manifest_lists_every_file_the_output_holds(tiny_llama, tmp_path):
+    out = save_artifact(tiny_llama, tmp_path / "out")
+    files = json.loads((out / MANIFEST_NAME).read_text())["files"]
+    assert sorted(files) == sorted(p.name for p in out.iterdir())
 
 
 @pytest.mark.parametrize("inside", [False, True])
@@ -63,9 +86,8 @@ def test_failure_while_saving_leaves_no_output_directory(tiny_llama, tmp_path):
 
 
 def test_failure_while_replacing_leaves_the_existing_output_unchanged(tiny_llama, tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "good.txt").write_text("the previous good output")
+    out = save_artifact(tiny_llama, tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     def broken_writer(artifact, directory):
         (directory / "partial.bin").write_bytes(b"\0" * 10)
@@ -75,7 +97,7 @@ def test_failure_while_replacing_leaves_the_existing_output_unchanged(tiny_llama
     with pytest.raises(KeyboardInterrupt):
         save_artifact(tiny_llama, out, force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-    assert sorted(p.name for p in out.iterdir()) == ["good.txt"]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_atomic_directory_renames_into_place_only_on_success(tmp_path):

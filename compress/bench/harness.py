@@ -68,11 +68,12 @@ class Variant:
     def runnable(self) -> bool:
         return not self._failed_early
 
-    def fail(self, stage: str, message: str, fatal: bool = True) -> None:
+    def fail(self, stage: str, message: str, fatal: bool = True, say: bool = True) -> None:
         self.errors.append({"stage": stage, "error": message})
         if fatal:
             self._failed_early = True
-        log.warning(f"{self.name}: {stage} failed: {message}")
+        if say:
+            log.warning(f"{self.name}: {stage} failed: {message}")
 
     @property
     def status(self) -> str:
@@ -262,6 +263,23 @@ def _resolve_path(ref: str) -> tuple[str, dict]:
     return source.ref, source.describe()
 
 
+def _check_model(ref: str, path: str | None, suite: Suite) -> None:
+    """The model exists (a hub id is reachable), is an architecture the toolkit supports, and takes the
+    evaluation windows; read from its config alone, so a bad variant fails before anything is timed."""
+    from ..models import load_config, resolve_source
+    from ..support import check_sequence_lengths, check_supported
+
+    if path is not None and Path(path).is_dir():
+        if not (Path(path) / "config.json").is_file():
+            return  # a runtime's own format (no Hugging Face config): its backend checks it
+        config = json.loads((Path(path) / "config.json").read_text())
+        check_supported(config, path)
+    else:
+        config = load_config(resolve_source(ref), trust_remote_code=suite.settings.trust_remote_code)
+    if suite.settings.quality:
+        check_sequence_lengths(config, ref, {"evaluation": suite.evaluation.seq_len})
+
+
 def _check_runnable(v: Variant, suite: Suite) -> None:
     """Backend availability and context length; raises UserError with the variant's one line."""
     from .backends import check_available, context_length, detect_backend
@@ -277,6 +295,7 @@ def _check_runnable(v: Variant, suite: Suite) -> None:
             f"a prompt of {max(suite.settings.prompt_lens)} tokens plus {suite.settings.new_tokens} new tokens "
             f"needs {needed} positions but the model's context is {ctx} tokens; use a shorter --prompt-len or --new-tokens"
         )
+    _check_model(v.model_ref, local, suite)
 
 
 def plan(suite: Suite) -> list[Variant]:
@@ -306,13 +325,23 @@ def plan(suite: Suite) -> list[Variant]:
                 v.path = None  # set once built
                 if not Path(path).exists():
                     raise UserError(f"recipes need a local model to apply passes to; {v.model_ref} is not local")
+                _check_model(v.model_ref, path, suite)
                 v.build = {"input": path}
             else:
                 v.path = path
                 _check_runnable(v, suite)
         except UserError as exc:
-            v.fail("plan", str(exc))
+            v.fail("plan", str(exc), say=False)  # said by run_bench: once, in one line, if nothing can run
     return variants
+
+
+def bench_inputs(variants: list[Variant]) -> list[Path]:
+    """Every file and directory the run reads a model or recipe from."""
+    paths = []
+    for v in variants:
+        candidates = [v.path, v.source.get("path"), (v.build or {}).get("input"), v.spec.recipe]
+        paths += [Path(p) for p in candidates if p and Path(p).exists()]
+    return paths
 
 
 # --------------------------------------------------------------------------- the run
@@ -340,20 +369,32 @@ def run_bench(suite: Suite, output: str | Path, force: bool = False, work_dir: s
     `isolation="fork"` forks workers from this process instead of starting new
     interpreters: faster, meant for tests (see `Workers`).
     """
-    from ..saving import check_output_path
+    from ..saving import check_output_path, overlapping_input, probe_writable
     from .metrics import directory_size, environment, load_average
     from .report import write_reports
 
-    output = check_output_path(output, force)
+    output = Path(output).expanduser().resolve()
+    if output.exists() and not force:  # the cheap refusals first; the full check needs the variants' paths
+        raise UserError(f"output directory {output} already exists; pass --force to replace it")
+    probe_writable(output.parent)
     started = time.time()
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     load_start = load_average()
     s = suite.settings
 
     variants = plan(suite)
+    # The report may not be, hold or lie inside anything measured (replacing it would delete a model).
+    check_output_path(output, force, bench_inputs(variants))
+    if work_dir is not None:
+        if overlapping_input(Path(work_dir).expanduser().resolve(), [output]) is not None:
+            raise UserError(f"--work-dir {work_dir} overlaps the report directory {output}; keep them apart")
+        probe_writable(Path(work_dir).expanduser().resolve())
     if not any(v.runnable for v in variants):
         lines = "; ".join(f"{v.name}: {v.errors[-1]['error']}" for v in variants)
         raise UserError(f"no variant can run: {lines}")
+    for v in variants:
+        for e in v.errors:
+            log.warning(f"{v.name}: {e['stage']} failed: {e['error']}")
     text, text_provenance = prompt_text(suite)
 
     keep = work_dir is not None
@@ -410,7 +451,8 @@ def _build(variants: list[Variant], suite: Suite, workers: Workers, work: Path) 
         log.info(f"[build {i}/{len(todo)}] {v.name}: {v.spec.describe()}")
         out = work / v.name
         job = {"name": v.name, "model": v.build["input"], "passes": v.spec.passes, "recipe": v.spec.recipe,
-               "calibration": suite.calibration.model_dump(mode="json"), "output": str(out)}
+               "calibration": suite.calibration.model_dump(mode="json"), "output": str(out),
+               "trust_remote_code": suite.settings.trust_remote_code}
         res = workers.run("build", job)
         done = res.result_for(v.name)
         if done is None:

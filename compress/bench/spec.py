@@ -87,6 +87,8 @@ class Settings(BaseModel):
     threads: int | None = Field(None, ge=1, description="torch/ORT intra-op threads; None: all cores")
     timeout_s: float = Field(900.0, gt=0, description="a worker running longer than this is stopped and its variant failed")
     quality: bool = True
+    trust_remote_code: bool = Field(False, description="allow a model's own Python code (auto_map) while planning "
+                                    "and building variants")
     prompt_text: str = Field("builtin", description="text the prompts are cut from (a TextSpec source); its evaluation split")
 
     @field_validator("prompt_lens")

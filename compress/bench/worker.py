@@ -118,7 +118,7 @@ def run_build(job: dict, events: Events) -> None:
     else:
         recipe = Recipe.from_dict({"passes": job["passes"], "evaluation": None}, where=f"variant {name}")
         passes, calibration = recipe.passes, CalibrationData(**job["calibration"])
-    artifact = load_artifact(job["model"])
+    artifact = load_artifact(job["model"], trust_remote_code=job.get("trust_remote_code", False))
     ctx = PassContext(calibration=calibration)
     for p in passes:
         artifact = p(artifact, ctx, inplace=True)

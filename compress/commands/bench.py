@@ -36,13 +36,19 @@ from ..data import BUILTIN
               help="Which part of the evaluation text [default: evaluation].")
 @click.option("--eval-windows", type=int, default=None, help="Evaluation windows (0: the whole text) [default: 4].")
 @click.option("--eval-seq-len", type=int, default=None, help="Tokens per evaluation window [default: 512].")
+@click.option("--text-field", default=None, help="Field (.jsonl) or column (.parquet, hf:) holding the evaluation text [default: text].")
+@click.option("--encoding", default=None, help="Encoding of a local evaluation text file [default: utf-8].")
+@click.option("--trust-remote-code", is_flag=True,
+              help="Allow a model's own Python code (auto_map in its config) while planning and building variants; "
+                   "off by default, only for models you trust.")
 @click.option("--no-quality", is_flag=True, help="Skip perplexity, divergence and samples (speed, memory and size only).")
 @click.option("--work-dir", type=click.Path(file_okay=False), default=None,
               help="Keep the variants built from recipes here (default: a temporary directory, removed afterwards).")
 @click.option("--timeout", type=float, default=None, help="Seconds before a stuck measurement is stopped and its variant failed [default: 900].")
 @click.option("-o", "--output", type=click.Path(), default=None,
               help="Report directory (written atomically) [default: bench-results/<UTC time>].")
-@click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
+@click.option("--force", is_flag=True, help="Replace the output directory if it exists and is an earlier report "
+              "of compress (bench.json and its siblings, nothing else).")
 def command(variants, suite, output, force, work_dir, **options) -> None:
     """Measure load time, prefill and decode speed, memory, size and quality of
     every variant side by side, each measurement in a fresh process.
@@ -84,8 +90,11 @@ def command(variants, suite, output, force, work_dir, **options) -> None:
         settings["timeout_s"] = options["timeout"]
     if options["no_quality"]:
         settings["quality"] = False
+    if options["trust_remote_code"]:
+        settings["trust_remote_code"] = True
     evaluation = data["evaluation"]
-    for opt, key in (("eval_text", "source"), ("eval_split", "split"), ("eval_seq_len", "seq_len")):
+    for opt, key in (("eval_text", "source"), ("eval_split", "split"), ("eval_seq_len", "seq_len"),
+                     ("text_field", "text_field"), ("encoding", "encoding")):
         if options[opt] is not None:
             evaluation[key] = options[opt]
     if options["eval_windows"] is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from ..cli_options import data_options, data_specs, output_options
+from ..cli_options import data_options, data_specs, output_options, trust_remote_code_option
 
 
 @click.command("distill")
@@ -44,6 +44,7 @@ from ..cli_options import data_options, data_specs, output_options
               help="Where checkpoints go [default: OUTPUT.checkpoints beside the output].")
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint, exactly where it stopped.")
 @click.option("--keep-checkpoints", is_flag=True, help="Keep the checkpoints after the output is saved.")
+@trust_remote_code_option
 @data_options
 def command(**kw) -> None:
     """Distill a teacher into a smaller student and save the student.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..cli_options import output_options
+from ..cli_options import output_options, trust_remote_code_option
 
 
 @click.group("export")
@@ -21,8 +21,10 @@ def command() -> None:
 @click.argument("model")
 @click.option("--opset", type=int, default=None, help="ONNX opset (default: optimum's choice for the architecture).")
 @click.option("--no-check", is_flag=True, help="Skip the comparison with the PyTorch model's logits and generation.")
+@trust_remote_code_option
 @output_options
-def onnx_command(model: str, opset: int | None, no_check: bool, output: str, force: bool) -> None:
+def onnx_command(model: str, opset: int | None, no_check: bool, output: str, force: bool,
+                 trust_remote_code: bool) -> None:
     """Export MODEL (base, pruned or distilled checkpoint) to ONNX with past key values.
 
     The export is optimum-onnx's (task text-generation-with-past). Afterwards
@@ -43,7 +45,7 @@ def onnx_command(model: str, opset: int | None, no_check: bool, output: str, for
 
     export = build_pass("onnx_export", {"opset": opset, "check": not no_check})
     check_output_path(output, force, resolve_source(model).path)
-    result = export(load_artifact(model))
+    result = export(load_artifact(model, trust_remote_code=trust_remote_code))
     save_artifact(result, output, force=force)
     metrics = result.passes[-1]["metrics"]
     if "max_abs_logit_diff" in metrics:

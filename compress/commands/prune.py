@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
-from ..cli_options import data_options, data_specs, output_options
+from ..cli_options import data_options, data_specs, output_options, trust_remote_code_option
 from ..errors import UserError
 
 STRUCTURES = {"channels": "channel_prune", "heads": "head_prune", "layers": "layer_drop"}
 
 
-def build_prune_pass(method: str, sparsity: float, pattern: str | None, scope: str, structure: str | None,
+def build_prune_pass(method: str, sparsity: float | None, pattern: str | None, scope: str, structure: str | None,
                      head_mode: str, skip_first_last: bool, bias_compensation: bool, include: tuple[str, ...], exclude: tuple[str, ...],
                      include_lm_head: bool, sequential: bool | None = None):
     """The pass the options describe, validated (one-line UserError on a bad combination)."""
@@ -23,7 +23,7 @@ def build_prune_pass(method: str, sparsity: float, pattern: str | None, scope: s
         if bias_compensation:
             raise UserError("--bias-compensation applies to --structure channels")
         name = {"magnitude": "magnitude_prune", "sparsegpt": "sparsegpt_prune"}.get(method, "wanda_prune")
-        config = {"sparsity": sparsity, "scope": scope, "pattern": pattern, "include": list(include) or None,
+        config = {"sparsity": sparsity, "scope": scope if pattern is None else None, "pattern": pattern, "include": list(include) or None,
                   "exclude": list(exclude) or None, "include_lm_head": include_lm_head}
         if sequential is not None:
             if method == "magnitude":
@@ -55,20 +55,6 @@ def build_prune_pass(method: str, sparsity: float, pattern: str | None, scope: s
     return build_pass(STRUCTURES[structure], config)
 
 
-def model_config(ref: str):
-    """The config of a model source, without loading its weights."""
-    from transformers import AutoConfig
-
-    from ..models import converted_gguf_dir, resolve_source
-
-    source = resolve_source(ref)
-    where = converted_gguf_dir(source.path) if source.kind in ("builtin", "gguf") else source.path or source.ref
-    try:
-        return AutoConfig.from_pretrained(where)
-    except Exception as exc:
-        raise UserError(f"could not read the config of {ref} ({str(exc).splitlines()[0][:200]})") from None
-
-
 @click.command("prune")
 @click.argument("model")
 @click.option("--method", type=click.Choice(["magnitude", "wanda", "activation", "sparsegpt"]), default="wanda",
@@ -94,9 +80,10 @@ def model_config(ref: str):
               help="wanda / sparsegpt: collect each decoder block's calibration statistics on the outputs of the "
               "blocks already pruned, as the papers do (default; about twice the calibration cost), or all of them "
               "in one pass of the unpruned model (default with --scope global, which needs every score at once).")
+@trust_remote_code_option
 @data_options
 @output_options
-def command(model: str, output: str, force: bool, **kw) -> None:
+def command(model: str, output: str, force: bool, trust_remote_code: bool, **kw) -> None:
     """Prune MODEL and save the result as a Hugging Face checkpoint.
 
     Unstructured methods write zeros into the weights (same shapes, fewer
@@ -115,14 +102,23 @@ def command(model: str, output: str, force: bool, **kw) -> None:
       compress prune smollm2-135m-instruct --structure layers --sparsity 0.1 --eval-text none -o out/depth
     """
     from ..cli import _print_summary
+    from ..models import load_config
     from ..recipe import Recipe, run_recipe
 
     calibration, evaluation = data_specs(kw)
+    ctx = click.get_current_context()
+    if kw["pattern"] is not None and kw["structure"] is None:
+        given = [f"--{name}" for name in ("sparsity", "scope")
+                 if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
+        if given:
+            raise UserError(f"--pattern {kw['pattern']} decides the sparsity and works within every row; "
+                            f"drop {' and '.join(given)}")
+        kw["sparsity"] = None
     p = build_prune_pass(**kw)
     if hasattr(p, "check_config"):  # refuse a head ratio that cannot fit before loading the model
-        p.check_config(model_config(model))
+        p.check_config(load_config(model, trust_remote_code=trust_remote_code))
     recipe = Recipe(model=model, calibration=calibration, evaluation=evaluation, passes=[p])
-    result = run_recipe(recipe, model=model, output=output, force=force)
+    result = run_recipe(recipe, model=model, output=output, force=force, trust_remote_code=trust_remote_code)
     metrics = result.passes[-1]["metrics"]
     if "sparsity_reached" in metrics:
         click.echo(f"sparsity reached {metrics['sparsity_reached']:.2%} over {metrics['layers_pruned']} matrices")

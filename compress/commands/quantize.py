@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..cli_options import data_options, data_specs, output_options
+from ..cli_options import data_options, data_specs, output_options, trust_remote_code_option
 
 METHODS = ("bnb-int8", "bnb-nf4", "bnb-fp4", "ort-int8", "ort-int4")
 
@@ -32,13 +32,13 @@ def build_quantize_pass(method: str, keep: tuple[str, ...], keep_first: int | No
     return build_pass("ort_quantize", config)
 
 
-def load_model(ref: str, device: str = "cpu"):
+def load_model(ref: str, device: str = "cpu", trust_remote_code: bool = False):
     from ..models import load_artifact
     from ..onnx_utils import is_onnx_directory, load_onnx_artifact
 
     if is_onnx_directory(ref):
         return load_onnx_artifact(ref)
-    return load_artifact(ref, device=device if device.startswith("cuda") else "cpu")
+    return load_artifact(ref, device=device if device.startswith("cuda") else "cpu", trust_remote_code=trust_remote_code)
 
 
 def run_guard(base, result, evaluation, what: str, max_kl: float, min_top1: float, fail: bool) -> dict | None:
@@ -72,9 +72,9 @@ def guard_options(f):
     from ..passes.quantization import QUANT_MAX_KL, QUANT_MIN_TOP1
 
     opts = [
-        click.option("--max-kl", type=float, default=QUANT_MAX_KL, show_default=True,
+        click.option("--max-kl", type=click.FloatRange(min=0), default=QUANT_MAX_KL, show_default=True,
                      help="Quality guard: largest acceptable mean KL(base || quantized) per token."),
-        click.option("--min-top1", type=float, default=QUANT_MIN_TOP1, show_default=True,
+        click.option("--min-top1", type=click.FloatRange(0, 1), default=QUANT_MIN_TOP1, show_default=True,
                      help="Quality guard: smallest acceptable top-1 agreement with the base."),
         click.option("--fail-on-damage", is_flag=True,
                      help="Exit with status 3 and save nothing if the guard fails (default: save and warn)."),
@@ -82,6 +82,16 @@ def guard_options(f):
     for opt in reversed(opts):
         f = opt(f)
     return f
+
+
+def _json_config(directory: Path) -> dict:
+    import json
+
+    path = directory / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 @click.command("quantize")
@@ -105,10 +115,12 @@ def guard_options(f):
 @click.option("--int4-algorithm", type=click.Choice(["rtn", "hqq"]), default="rtn", show_default=True,
               help="ort-int4: round-to-nearest, or HQQ (optimised scales and zero points; slower to build).")
 @guard_options
+@trust_remote_code_option
 @data_options
 @output_options
 def command(model: str, method: str, keep, keep_first, keep_last, device, double_quant, compute_dtype, block_size,
-            reduce_range, int4_algorithm, max_kl, min_top1, fail_on_damage, output, force, **data) -> None:
+            reduce_range, int4_algorithm, max_kl, min_top1, fail_on_damage, output, force, trust_remote_code,
+            **data) -> None:
     """Quantize MODEL and check the result against it on evaluation text.
 
     After quantizing, the quality guard compares the result with MODEL on the
@@ -127,11 +139,14 @@ def command(model: str, method: str, keep, keep_first, keep_last, device, double
       compress quantize out/onnx --method ort-int4 --block-size 32 -o out/ort-int4 \\
           --eval-text ../data/wiki.valid.tokens --eval-windows 4 --fail-on-damage
     """
+    from ..devices import check_device
     from ..errors import UserError
-    from ..models import resolve_source
+    from ..models import load_config, resolve_source
     from ..onnx_utils import is_onnx_directory
     from ..saving import check_output_path, save_artifact
+    from ..support import check_sequence_lengths
 
+    check_device(device)
     quant = build_quantize_pass(method, keep, keep_first, keep_last, device, double_quant, compute_dtype, block_size,
                                 reduce_range, int4_algorithm)
     _, evaluation = data_specs(data)
@@ -140,8 +155,10 @@ def command(model: str, method: str, keep, keep_first, keep_last, device, double
         raise UserError(f"{model} is an ONNX model; bitsandbytes needs a PyTorch checkpoint (use ort-int8/ort-int4)")
     source_path = Path(model).expanduser().resolve() if onnx_input else resolve_source(model).path
     check_output_path(output, force, source_path)
+    config = load_config(model, trust_remote_code=trust_remote_code) if not onnx_input else _json_config(source_path)
+    check_sequence_lengths(config, model, {"evaluation": evaluation.seq_len if evaluation else None})
 
-    base = load_model(model, device)
+    base = load_model(model, device, trust_remote_code)
     result = quant(base)
     quality = run_guard(base, result, evaluation, f"{method} of {model}", max_kl, min_top1, fail_on_damage)
     save_artifact(result, output, force=force)

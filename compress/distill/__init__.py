@@ -38,7 +38,7 @@ def student_layer_map(student: Artifact, teacher: Artifact) -> list[int]:
 
 def training_windows(tokenizer, text: TextSpec, seq_len: int, windows: int | None = None) -> Windows:
     """Non-overlapping training windows of `text` (its calibration part, by the spec's split)."""
-    spec = TextSpec(source=text.source, split=text.split, text_field=text.text_field, eval_fraction=text.eval_fraction)
+    spec = text.text_only()
     return load_windows(tokenizer, spec, WindowSpec(seq_len=seq_len, max_windows=windows))
 
 

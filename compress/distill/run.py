@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -13,13 +12,15 @@ from ..artifact import Artifact
 from ..data import check_disjoint
 from ..errors import UserError
 from ..evaluate import compare, perplexity, warn_if_damaged
-from ..models import load_artifact, resolve_source
+from ..devices import check_device
+from ..models import load_artifact, load_config, resolve_source
 from ..passes.base import CalibrationData, PassContext, format_validation_error
 from ..progress import log
-from ..saving import check_output_path, save_artifact
+from ..saving import check_output_path, overlapping_input, save_artifact
+from ..support import check_sequence_lengths
 from . import check_compatible, distill_into, summarize, training_windows
 from .students import check_student_layers, depth_of
-from .train import TrainConfig, checkpoints
+from .train import TrainConfig, checkpoints, remove_checkpoints
 
 _TRAIN_KEYS = set(TrainConfig.model_fields)
 
@@ -43,7 +44,7 @@ def run_distill_command(teacher: str, output: str, calibration: CalibrationData,
                         student: str | None = None, student_layers: int | None = None,
                         layer_selection: str = "uniform", train_windows: int | None = None, force: bool = False,
                         device: str = "cpu", checkpoint_dir: str | None = None, resume: bool = False,
-                        keep_checkpoints: bool = False, **options) -> Artifact | None:
+                        keep_checkpoints: bool = False, trust_remote_code: bool = False, **options) -> Artifact | None:
     """Returns the saved student (None in the non-main processes of a multi-process run)."""
     start = time.perf_counter()
     config = train_config(options)
@@ -56,19 +57,27 @@ def run_distill_command(teacher: str, output: str, calibration: CalibrationData,
         raise UserError("--eval-every needs evaluation text; drop --eval-text none or set --eval-every 0")
     if evaluation is not None:
         check_disjoint(calibration, evaluation)
+    check_device(device)
     teacher_source = resolve_source(teacher)
     student_source = resolve_source(student) if student else None
-    out = check_output_path(output, force, teacher_source.path)
-    if student_source is not None:
-        check_output_path(output, force, student_source.path)
+    inputs = [s.path for s in (teacher_source, student_source) if s is not None and s.path is not None]
+    out = check_output_path(output, force, inputs)
     ckpt_dir = Path(checkpoint_dir).expanduser().resolve() if checkpoint_dir else default_checkpoint_dir(out)
+    if overlapping_input(ckpt_dir, inputs + [out]) is not None:
+        raise UserError(f"checkpoint directory {ckpt_dir} overlaps the output or an input model; "
+                        "choose --checkpoint-dir elsewhere")
+    lengths = {"training": config.seq_len, "evaluation": evaluation.seq_len if evaluation is not None else None}
+    for source in (teacher_source, student_source):
+        if source is not None:
+            check_sequence_lengths(load_config(source, trust_remote_code=trust_remote_code),
+                                   source.path or source.ref, lengths)
     if checkpoints(ckpt_dir) and not resume and not force:
         raise UserError(f"{ckpt_dir} holds checkpoints of an earlier run; pass --resume to continue it, "
                         "or --force to start over")
-    if not resume and ckpt_dir.exists() and force:
-        shutil.rmtree(ckpt_dir)
+    if not resume and force:
+        remove_checkpoints(ckpt_dir)
 
-    teacher_art = load_artifact(teacher)
+    teacher_art = load_artifact(teacher, trust_remote_code=trust_remote_code)
     if student_layers is not None:
         from ..passes.distillation import DropLayers
 
@@ -76,7 +85,7 @@ def run_distill_command(teacher: str, output: str, calibration: CalibrationData,
         ctx = PassContext(calibration=calibration)
         student_art = DropLayers(layers=student_layers, selection=layer_selection)(teacher_art, ctx)
     else:
-        student_art = load_artifact(student)
+        student_art = load_artifact(student, trust_remote_code=trust_remote_code)
         check_compatible(teacher_art, student_art, hidden=config.hidden_weight > 0)
     tokenizer = student_art.tokenizer
     train = training_windows(tokenizer, calibration, config.seq_len, train_windows)
@@ -117,6 +126,6 @@ def run_distill_command(teacher: str, output: str, calibration: CalibrationData,
     student_art.metrics["seconds"] = round(time.perf_counter() - start, 1)
     save_artifact(student_art, out, force=force)
     log.info(f"Saved to {out}")
-    if not keep_checkpoints and ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if not keep_checkpoints:
+        remove_checkpoints(ckpt_dir)
     return student_art

@@ -42,7 +42,7 @@ from ..data import Windows
 from ..errors import UserError
 from ..evaluate import perplexity
 from ..progress import log, progress
-from ..saving import atomic_directory
+from ..saving import atomic_directory, remove_stale_leftovers
 from .loss import LossConfig, distillation_loss
 
 Schedule = Literal["cosine", "linear", "constant"]
@@ -132,6 +132,18 @@ def checkpoints(directory: Path) -> list[Path]:
     found = [p for p in directory.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
              and (p / STATE_FILE).is_file()]
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def remove_checkpoints(directory: Path) -> None:
+    """Delete the checkpoints a run wrote into `directory` (and it, once empty); nothing else in it is touched."""
+    if not directory.is_dir():
+        return
+    for path in checkpoints(directory):
+        shutil.rmtree(path, ignore_errors=True)
+    for leftover in directory.glob(f".{CHECKPOINT_PREFIX}*.partial-*"):
+        remove_stale_leftovers(directory / leftover.name.split(".partial-")[0][1:])
+    with contextlib.suppress(OSError):
+        directory.rmdir()  # only if empty: a directory that holds anything else is the user's
 
 
 def _config_differences(saved: dict, current: dict) -> list[str]:
@@ -281,7 +293,11 @@ class Trainer:
         return path
 
     def load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+        except Exception as exc:  # a truncated or overwritten file: torch raises RuntimeError, EOFError, pickle errors
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"checkpoint {path / STATE_FILE} cannot be read ({first}); delete it or drop --resume") from None
         differences = _config_differences(state["config"], self.config.model_dump(mode="json"))
         if differences:
             raise UserError(f"checkpoint {path} was made with different settings ({'; '.join(differences)}); "

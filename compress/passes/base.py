@@ -30,7 +30,7 @@ class CalibrationData(TextSpec):
     samples: int = Field(32, ge=1)
 
     def windows(self, tokenizer) -> Windows:
-        text = TextSpec(source=self.source, split=self.split, text_field=self.text_field, eval_fraction=self.eval_fraction)
+        text = self.text_only()
         return load_windows(tokenizer, text, WindowSpec(seq_len=self.seq_len, max_windows=self.samples))
 
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..artifact import Artifact
+from ..devices import check_device_name
 from ..distill import DROP_LAYERS_PASS, TrainConfig, distill_into, summarize, training_windows
 from ..distill.students import LayerSelection, choose_layers, depth_of, drop_layers, layer_importance
 from ..errors import UserError
@@ -62,6 +63,11 @@ class Distill(TrainConfig, Pass):
     device: str = Field("cpu", description="cpu or cuda")
     checkpoint_dir: str | None = Field(None, description="where checkpoints go (with checkpoint_every)")
     resume: bool = Field(False, description="continue from the newest checkpoint in checkpoint_dir")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v):
+        return check_device_name(v)
 
     @model_validator(mode="after")
     def _no_eval_in_pass(self):

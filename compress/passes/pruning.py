@@ -101,6 +101,23 @@ class UnstructuredPrune(Pass):
         parse_pattern(v)
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _pattern_decides_sparsity_and_scope(cls, data):
+        """An N:M pattern fixes the sparsity (1 - N/M) and works row by row: record that, refuse anything else."""
+        if not isinstance(data, dict) or data.get("pattern") is None:
+            return data
+        n, m = parse_pattern(data["pattern"])
+        implied = 1 - n / m
+        given = data.get("sparsity")
+        if given is not None and abs(float(given) - implied) > 1e-9:
+            raise ValueError(f"pattern {data['pattern']} zeroes {implied:g} of the weights, not sparsity {given}; "
+                             "drop sparsity when giving a pattern")
+        if data.get("scope") not in (None, "row"):
+            raise ValueError(f"pattern {data['pattern']} applies within every row; scope {data['scope']!r} does not "
+                             "apply, drop it")
+        return {**data, "sparsity": implied, "scope": "row"}
+
     def targets(self, model) -> list[WeightMatrix]:
         found = list(weight_matrices(model, self.include, self.exclude, self.include_lm_head))
         if not found:

@@ -272,6 +272,11 @@ class ChannelPrune(StructuredPrune):
             if ratio > 0:
                 k = max(self.multiple_of, k - k % self.multiple_of)
             keep.append(max(k, 1))
+        starved = [i for i, (k, b) in enumerate(zip(keep, layout.blocks)) if k == 1 < mlp_width(b)]
+        if starved:
+            log.warning(f"channel_prune leaves 1 MLP channel of {mlp_width(layout.blocks[starved[0]])} in "
+                        f"{len(starved)} layer(s) (ratio {self.ratio}): the MLPs are all but removed; "
+                        "a smaller ratio keeps a usable model")
         return keep
 
     def channel_scores(self, artifact: Artifact, layout: Layout, ctx: PassContext) -> list[torch.Tensor]:

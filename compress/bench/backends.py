@@ -9,6 +9,9 @@ Built in here:
   so inputs, outputs and the key/value cache stay on the GPU and no host-device
   copy is timed.
 
+Beside them, ``pytorch-sparse24`` (sparse24.py): the pytorch backend on CUDA with
+2:4-pruned Linear weights converted at load to semi-structured sparse tensors.
+
 Other runtimes live in their own modules and are named in `BACKEND_MODULES`;
 each defines a `Backend` subclass and calls `register()` on import. A backend
 answers five questions (see `Backend`): can it run here at all (`check`), is a
@@ -43,7 +46,9 @@ DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16":
 # Backends that live in their own modules: name -> module. Importing the module registers it.
 # A module that fails to import (a runtime that is not installed) still leaves its name known,
 # so a variant asking for it gets the module's own one-line reason.
-BACKEND_MODULES: dict[str, str] = {}
+BACKEND_MODULES: dict[str, str] = {
+    "pytorch-sparse24": "compress.bench.sparse24",
+}
 
 _REGISTRY: dict[str, "Backend"] = {}
 
@@ -93,6 +98,12 @@ class Backend:
     devices: tuple[str, ...] = ("cpu",)
     # Automatic choice: the highest-priority backend whose `handles(path)` is true.
     priority: int = 0
+    # Whether its runner takes a batch of prompts ((b, n) ids) for settings.batch_size > 1.
+    batched: bool = False
+    # Whether its CUDA work runs through PyTorch: on its current stream, so CUDA events time it
+    # (timing.py), and in its allocator, so torch.cuda.max_memory_allocated measures it. Other
+    # runtimes are timed with the host clock after `sync`.
+    torch_cuda: bool = False
 
     def check(self, device: str, dtype: str, path: str | Path | None) -> None:
         """Raise UserError (one line) if this backend cannot run `path` on `device` in `dtype` here."""
@@ -126,6 +137,10 @@ class Backend:
     def parameters(self, model) -> dict[str, int | None]:
         """Total and non-zero parameter counts, where the runtime can tell."""
         return {"parameters": None, "nonzero_parameters": None}
+
+    def describe(self, model) -> dict[str, Any] | None:
+        """What a speed run should record about how the loaded model runs (e.g. which kernels); None: nothing."""
+        return None
 
 
 def register(backend: Backend) -> Backend:
@@ -295,6 +310,8 @@ class PyTorchBackend(Backend):
     name = "pytorch"
     devices = ("cpu", "cuda")
     priority = 0
+    batched = True
+    torch_cuda = True
 
     def check(self, device, dtype, path):
         import torch
@@ -318,9 +335,14 @@ class PyTorchBackend(Backend):
 
         import torch
 
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, normalize_dtype(dtype)))
+        kwargs = {}
+        if device != "cpu" and "quantization_config" in (_config_json(path) or {}):
+            # A quantized checkpoint (bitsandbytes) is placed by from_pretrained itself:
+            # transformers refuses `.to()` on an 8-bit model.
+            kwargs["device_map"] = {"": device}
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, normalize_dtype(dtype)), **kwargs)
         model.eval()
-        if device != "cpu":
+        if device != "cpu" and not kwargs:
             model.to(device)
         return model
 

@@ -51,6 +51,7 @@ class Variant:
     backend: str | None = None
     device: str = "cpu"
     dtype: str = "float32"
+    batch_size: int = 1
     path: str | None = None
     source: dict[str, Any] = field(default_factory=dict)
     errors: list[dict[str, str]] = field(default_factory=list)
@@ -282,12 +283,15 @@ def _check_model(ref: str, path: str | None, suite: Suite) -> None:
 
 def _check_runnable(v: Variant, suite: Suite) -> None:
     """Backend availability and context length; raises UserError with the variant's one line."""
-    from .backends import check_available, context_length, detect_backend
+    from .backends import check_available, context_length, detect_backend, get_backend
 
     local = v.path if v.path and Path(v.path).exists() else None
     if v.backend is None:
         v.backend = detect_backend(local)
     check_available(v.backend, v.device, v.dtype, local)
+    if v.batch_size > 1 and not get_backend(v.backend).batched:
+        raise UserError(f"the {v.backend} backend times one prompt at a time, not a batch of {v.batch_size}; "
+                        "remove batch_size for this variant or use the pytorch backend")
     ctx = context_length(local, v.backend)
     needed = max(suite.settings.prompt_lens) + suite.settings.new_tokens
     if ctx is not None and needed > ctx:
@@ -309,7 +313,7 @@ def plan(suite: Suite) -> list[Variant]:
     variants = []
     for spec in specs:
         v = Variant(spec=spec, model_ref=spec.model or suite.base, backend=spec.backend or s.backend,
-                    device=spec.device or s.device, dtype=s.dtype)
+                    device=spec.device or s.device, dtype=s.dtype, batch_size=spec.batch_size or s.batch_size)
         variants.append(v)
         try:
             v.dtype = normalize_dtype(spec.dtype or s.dtype)
@@ -358,8 +362,9 @@ def prompt_text(suite: Suite) -> tuple[str, dict]:
     from ..data import TextSpec, load_text
 
     loaded = load_text(TextSpec(source=suite.settings.prompt_text, split="evaluation"))
-    # Enough characters for the longest prompt (tokens are rarely under 2 characters), not the whole text.
-    return loaded.text[: 16 * max(suite.settings.prompt_lens) + 2000], loaded.provenance
+    batch = max([suite.settings.batch_size] + [v.batch_size for v in suite.variants if v.batch_size])
+    # Enough characters for the longest batch of prompts (tokens are rarely under 2 characters), not the whole text.
+    return loaded.text[: 16 * max(suite.settings.prompt_lens) * batch + 2000], loaded.provenance
 
 
 def run_bench(suite: Suite, output: str | Path, force: bool = False, work_dir: str | Path | None = None,
@@ -389,6 +394,8 @@ def run_bench(suite: Suite, output: str | Path, force: bool = False, work_dir: s
         if overlapping_input(Path(work_dir).expanduser().resolve(), [output]) is not None:
             raise UserError(f"--work-dir {work_dir} overlaps the report directory {output}; keep them apart")
         probe_writable(Path(work_dir).expanduser().resolve())
+    if isolation == "fork" and any(v.device == "cuda" for v in variants):
+        raise UserError("isolation 'fork' cannot measure CUDA variants (CUDA does not survive a fork); use exec")
     if not any(v.runnable for v in variants):
         lines = "; ".join(f"{v.name}: {v.errors[-1]['error']}" for v in variants)
         raise UserError(f"no variant can run: {lines}")
@@ -404,6 +411,8 @@ def run_bench(suite: Suite, output: str | Path, force: bool = False, work_dir: s
     workers = Workers(scratch, s.threads, s.timeout_s, verbose, isolation)
     interleaved = None
     try:
+        if isolation == "fork":
+            _import_before_forking(variants)
         _build(variants, suite, workers, work)
         interleaved = _speed(variants, suite, workers, text)
         evaluation_data = _quality(variants, suite, workers) if s.quality else None
@@ -445,21 +454,58 @@ def run_bench(suite: Suite, output: str | Path, force: bool = False, work_dir: s
     return report
 
 
+def _import_before_forking(variants: list[Variant]) -> None:
+    """Load each backend's tokenizer once here, so forked workers inherit the modules it imports.
+
+    transformers imports its tokenizer modules lazily, on first use: without this,
+    every forked worker imported them again (9 s each on a loaded 2-core machine,
+    against 0.1 s once the parent had).
+    """
+    from .backends import get_backend
+
+    seen = set()
+    for v in variants:
+        if v.runnable and v.path and Path(v.path).exists() and v.backend not in seen:
+            seen.add(v.backend)
+            try:
+                get_backend(v.backend or "pytorch").load_tokenizer(v.path)
+            except Exception:  # the worker meets the same problem and reports it in one line
+                pass
+
+
+def _build_key(v: Variant, suite: Suite) -> str:
+    """Variants with the same key build the same model: same input, passes (or recipe) and calibration."""
+    return json.dumps([v.build["input"], v.spec.passes, v.spec.recipe, suite.calibration.model_dump(mode="json")],
+                      sort_keys=True, default=str)
+
+
 def _build(variants: list[Variant], suite: Suite, workers: Workers, work: Path) -> None:
     todo = [v for v in variants if v.runnable and v.spec.is_recipe]
+    # A recipe measured several ways (dtypes, batch sizes, backends) is built once and shared.
+    built: dict[str, Variant] = {}
     for i, v in enumerate(todo, 1):
-        log.info(f"[build {i}/{len(todo)}] {v.name}: {v.spec.describe()}")
-        out = work / v.name
-        job = {"name": v.name, "model": v.build["input"], "passes": v.spec.passes, "recipe": v.spec.recipe,
-               "calibration": suite.calibration.model_dump(mode="json"), "output": str(out),
-               "trust_remote_code": suite.settings.trust_remote_code}
-        res = workers.run("build", job)
-        done = res.result_for(v.name)
-        if done is None:
-            v.fail("build", res.error_for(v.name) or res.crash_message(workers.timeout))
-            continue
-        v.build.update(seconds=done["seconds"], passes=done["passes"])
-        v.path = str(out)
+        first = built.get(_build_key(v, suite))
+        if first is not None:
+            if first.path is None:
+                v.fail("build", f"the same recipe failed to build for {first.name}")
+                continue
+            log.info(f"[build {i}/{len(todo)}] {v.name}: the model built for {first.name}")
+            v.build.update(seconds=0.0, passes=first.build["passes"], shared_with=first.name)
+            v.path = first.path
+        else:
+            built[_build_key(v, suite)] = v
+            log.info(f"[build {i}/{len(todo)}] {v.name}: {v.spec.describe()}")
+            out = work / v.name
+            job = {"name": v.name, "model": v.build["input"], "passes": v.spec.passes, "recipe": v.spec.recipe,
+                   "calibration": suite.calibration.model_dump(mode="json"), "output": str(out),
+                   "trust_remote_code": suite.settings.trust_remote_code}
+            res = workers.run("build", job)
+            done = res.result_for(v.name)
+            if done is None:
+                v.fail("build", res.error_for(v.name) or res.crash_message(workers.timeout))
+                continue
+            v.build.update(seconds=done["seconds"], passes=done["passes"])
+            v.path = str(out)
         try:
             _check_runnable(v, suite)
         except UserError as exc:
@@ -497,6 +543,7 @@ def _speed(variants: list[Variant], suite: Suite, workers: Workers, text: str) -
 
     def job_for(v: Variant) -> dict:
         return {"name": v.name, "path": v.path, "backend": v.backend, "device": v.device, "dtype": v.dtype,
+                "batch_size": v.batch_size,
                 "prompt_text": text, "prompt_lens": s.prompt_lens, "new_tokens": s.new_tokens,
                 "warmup_tokens": s.warmup_tokens, "prefill_repeats": s.prefill_repeats,
                 "decode_chunk": s.decode_chunk}
@@ -616,6 +663,7 @@ def variant_record(v: Variant) -> dict[str, Any]:
         "backend": v.backend,
         "device": v.device,
         "dtype": v.dtype,
+        "batch_size": v.batch_size,
         "path": v.path,
         "build": v.build,
         "size": v.size,

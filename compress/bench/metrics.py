@@ -159,8 +159,10 @@ def environment() -> dict[str, Any]:
         "versions": library_versions(),
     }
     if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
         env["gpu"] = {"name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count(),
-                      "cuda": torch.version.cuda}
+                      "cuda": torch.version.cuda, "capability": f"{props.major}.{props.minor}",
+                      "memory_bytes": int(props.total_memory), "multiprocessors": int(props.multi_processor_count)}
     return env
 
 

@@ -28,7 +28,9 @@ def summarize_speed(runs: list[dict]) -> dict[str, Any]:
     for i, first in enumerate(runs[0]["prompts"]):
         per_run = [r["prompts"][i] for r in runs]
         steps_all = [s for p in per_run for s in p["decode_step_s"]]
-        rates = [len(p["decode_step_s"]) / sum(p["decode_step_s"]) for p in per_run if p["decode_step_s"]]
+        # Tokens per second over the whole batch: each decode step yields one token per sequence.
+        rates = [_batch(r) * len(p["decode_step_s"]) / sum(p["decode_step_s"])
+                 for r, p in zip(runs, per_run) if p["decode_step_s"]]
         prompts.append({
             "prompt_len": first["prompt_len"],
             "prefill_ms": summarize([1000.0 * p["prefill_s"] for p in per_run]),
@@ -51,6 +53,11 @@ def summarize_speed(runs: list[dict]) -> dict[str, Any]:
         if all(key in r for r in runs):
             out[key] = summarize(r[key] for r in runs)
     return out
+
+
+def _batch(run: dict) -> int:
+    """Sequences timed at once in a speed run (reports from before batches existed: 1)."""
+    return int(run.get("batch_size") or 1)
 
 
 def _median(summary: dict | None) -> float | None:
@@ -148,7 +155,7 @@ def _prefill_ms(run: dict, prompt_len: int) -> float | None:
 
 def _decode_rate(run: dict, prompt_len: int) -> float | None:
     p = _prompt_run(run, prompt_len)
-    return len(p["decode_step_s"]) / sum(p["decode_step_s"]) if p and p["decode_step_s"] else None
+    return _batch(run) * len(p["decode_step_s"]) / sum(p["decode_step_s"]) if p and p["decode_step_s"] else None
 
 
 def _median_or_none(values: list[float | None]) -> float | None:
@@ -180,7 +187,7 @@ def _mb(x: float | None) -> float | None:
 
 
 CSV_COLUMNS = [
-    "name", "status", "backend", "device", "dtype", "prompt_len", "prefill_ms_median", "prefill_ms_min", "prefill_ms_max",
+    "name", "status", "backend", "device", "dtype", "batch_size", "prompt_len", "prefill_ms_median", "prefill_ms_min", "prefill_ms_max",
     "decode_tok_s_median", "decode_tok_s_min", "decode_tok_s_max", "token_ms_p50", "token_ms_p90", "token_ms_p99",
     "load_s_median", "peak_rss_mb_median", "cuda_max_allocated_mb", "cuda_max_reserved_mb", "size_mb",
     "parameters", "nonzero_parameters", "perplexity", "kl_mean", "top1_agreement",
@@ -194,6 +201,7 @@ def _rows(report: dict):
         speed, q, size, r = v.get("speed"), v.get("quality") or {}, v.get("size") or {}, v.get("ratios") or {}
         common = {
             "name": v["name"], "status": v["status"], "backend": v["backend"], "device": v["device"], "dtype": v["dtype"],
+            "batch_size": v.get("batch_size") or 1,
             "size_mb": _mb(size.get("weights_bytes")), "parameters": q.get("parameters"),
             "nonzero_parameters": q.get("nonzero_parameters"), "perplexity": q.get("perplexity"),
             "kl_mean": q.get("kl_mean"), "top1_agreement": q.get("top1_agreement"),
@@ -258,10 +266,11 @@ def to_markdown(report: dict, plot_file: str | None = None) -> str:
         f"- **Load average** (1/5/15 min) at start {env.get('load_average_start')}, at end {env.get('load_average_end')}"
         " — other jobs share this machine when it is above zero; compare ratios, not absolute times.",
         f"- **Versions**: {versions}",
-        f"- **Speed settings**: batch 1, prompt {', '.join(map(str, s['prompt_lens']))} tokens, "
+        f"- **Speed settings**: {_batch_line(report)}, prompt {', '.join(map(str, s['prompt_lens']))} tokens, "
         f"{s['new_tokens']} new tokens (greedy), warm-up of one prefill + {s['warmup_tokens']} decode steps, "
         f"{s['repeats']} repeats, each in a fresh process, variants interleaved round-robin; in each process the prefill is "
         f"timed {s.get('prefill_repeats', 1)} times and its median kept. Timings: median [min–max] over repeats. "
+        + _clock_line(report)
         + ("A round's processes took turns (one prefill or "
            f"{s.get('decode_chunk')} decode steps each, in a shuffled order); speed ratios are medians of the "
            "per-round ratios against the base timed beside them."
@@ -283,7 +292,8 @@ def to_markdown(report: dict, plot_file: str | None = None) -> str:
     ordered = grouped_by_runtime(report["variants"], report["base"])
     for v in ordered:
         sp, r = v.get("speed"), v["ratios"]
-        where = f"{runtime_label(v['backend'])} / {v['device']} / {v['dtype']}"
+        where = f"{runtime_label(v['backend'])} / {v['device']} / {v['dtype']}" + (
+            f" / batch {v['batch_size']}" if (v.get("batch_size") or 1) != 1 else "")
         if not sp:
             lines.append(f"| {v['name']} | {where} | {v['status']} | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a |")
             continue
@@ -340,6 +350,21 @@ def to_markdown(report: dict, plot_file: str | None = None) -> str:
                 lines.append(f"- **{name}**: {shown}")
     lines += ["", "Raw values (every repeat, every decode step) are in bench.json; one row per variant in bench.csv.", ""]
     return "\n".join(lines)
+
+
+def _batch_line(report: dict) -> str:
+    sizes = sorted({v.get("batch_size") or 1 for v in report["variants"]} | {report["settings"].get("batch_size") or 1})
+    if sizes == [1]:
+        return "batch 1"
+    return (f"batch {report['settings'].get('batch_size') or 1} unless the table says otherwise (a batch times that many "
+            "different prompts at once; its decode tokens/s counts the tokens of every sequence)")
+
+
+def _clock_line(report: dict) -> str:
+    clocks = {r.get("clock") for v in report["variants"] for r in ((v.get("speed") or {}).get("runs") or [])}
+    if "cuda-events" in clocks:
+        return "PyTorch on CUDA is timed with CUDA events (the GPU's clock), everything else with perf_counter. "
+    return ""
 
 
 def _noise_line(report: dict) -> str | None:

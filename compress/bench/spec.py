@@ -19,6 +19,8 @@ A suite (YAML, see configs/bench-default.yaml)::
           - magnitude_prune: {sparsity: 0.5, scope: row}
       - name: base-bf16
         dtype: bfloat16
+      - name: base-batch-16
+        batch_size: 16
 
 Pass entries stay raw until a variant is prepared, so a pass that does not
 exist (yet) fails that variant with a clear message instead of the whole suite.
@@ -76,6 +78,8 @@ class Settings(BaseModel):
     device: Literal["cpu", "cuda"] = "cpu"
     dtype: str = "float32"
     prompt_lens: list[int] = Field(default_factory=lambda: [128])
+    batch_size: int = Field(1, ge=1, le=1024, description="prompts timed at once (different text each); decode "
+                            "tokens/s then counts every sequence's tokens; backends that batch only (pytorch)")
     new_tokens: int = Field(64, ge=2, le=4096)
     repeats: int = Field(5, ge=1, le=100)
     warmup_tokens: int = Field(8, ge=0, description="decode steps in the warm-up (after a full prefill)")
@@ -126,6 +130,7 @@ class VariantSpec(BaseModel):
     backend: str | None = None
     device: Literal["cpu", "cuda"] | None = None
     dtype: str | None = None
+    batch_size: int | None = Field(None, ge=1, le=1024, description="None: settings.batch_size")
 
     @field_validator("backend")
     @classmethod

@@ -81,15 +81,22 @@ def _config_value(config, key: str):
     return config.get(key) if isinstance(config, dict) else getattr(config, key)
 
 
-def _prompt_ids(tokenizer, text: str, length: int):
+def _prompt_ids(tokenizer, text: str, length: int, batch: int = 1):
+    """(batch, length) prompt ids: consecutive pieces of the text, so every row of a batch is different text."""
     import torch
 
     from ..data import tokenize
 
     ids = tokenize(tokenizer, text)
-    if len(ids) < length:
-        raise UserError(f"the prompt text has only {len(ids)} tokens, fewer than the prompt length {length}; use a longer text")
-    return torch.tensor([ids[:length]], dtype=torch.long)
+    if len(ids) < length * batch:
+        raise UserError(f"the prompt text has only {len(ids)} tokens, fewer than {batch} prompt(s) of {length}; "
+                        "use a longer text, a shorter prompt or a smaller batch")
+    return torch.tensor([ids[i * length:(i + 1) * length] for i in range(batch)], dtype=torch.long)
+
+
+def _first_id(token) -> int:
+    """The token id of the first sequence of a batch (a (b, 1) tensor), or of a single token."""
+    return int(token.reshape(-1)[0]) if hasattr(token, "reshape") else int(token)
 
 
 def check_context(model_config, tokens: int, what: str) -> None:
@@ -200,14 +207,16 @@ def run_speed(job: dict, events: Events) -> None:
 
     from .backends import get_backend, load_model, make_runner
     from .metrics import current_rss_bytes, page_faults, peak_rss_bytes, percentile, rss_parts
+    from .timing import stopwatch
 
     name = job["name"]
     gate = TurnGate(job.get("turns"))
     events.emit("start", name)
     _set_threads(job.get("threads"))
     backend, device, dtype = job["backend"], job["device"], job["dtype"]
+    batch = int(job.get("batch_size") or 1)
     tokenizer = _load_tokenizer(job["path"], backend)
-    prompts = {n: _prompt_ids(tokenizer, job["prompt_text"], n) for n in job["prompt_lens"]}
+    prompts = {n: _prompt_ids(tokenizer, job["prompt_text"], n, batch) for n in job["prompt_lens"]}
 
     rss_before = current_rss_bytes()
     start = time.perf_counter()
@@ -220,6 +229,8 @@ def run_speed(job: dict, events: Events) -> None:
     for n in prompts:
         check_context(get_backend(backend).config(model), n + new_tokens, f"a prompt of {n} tokens plus {new_tokens} new tokens")
     prompts = {n: runner.to_device(ids) for n, ids in prompts.items()}  # copies happen before any timing
+    # CUDA events on CUDA for runtimes on PyTorch's stream, else the host clock after a sync (timing.py).
+    clock = stopwatch(device, runner.sync, events=get_backend(backend).torch_cuda)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
@@ -246,17 +257,15 @@ def run_speed(job: dict, events: Events) -> None:
         if kind == "prefill":
             token = state = None  # free the previous generation's cache before timing the next
             runner.sync()
-            t0 = time.perf_counter()
+            mark = clock.start()
             token, state = runner.prefill(prompts[n])
-            runner.sync()
-            t["prefill_all_s"].append(time.perf_counter() - t0)
+            t["prefill_all_s"].append(clock.stop(mark))
             t["generated"] = [token]
         else:
             for _ in range(count):
-                t0 = time.perf_counter()
+                mark = clock.start()
                 token, state = runner.step(token, state)
-                runner.sync()
-                t["decode_step_s"].append(time.perf_counter() - t0)
+                t["decode_step_s"].append(clock.stop(mark))
                 t["generated"].append(token)
         ended = time.time()
         spans.append([kind, n, began, ended, gate.settle()])
@@ -269,9 +278,11 @@ def run_speed(job: dict, events: Events) -> None:
 
     # The process's prefill time is the median of its timed prefills (robust to one preempted run).
     measured = [{"prompt_len": n, "prefill_s": percentile(t["prefill_all_s"], 50), "prefill_all_s": t["prefill_all_s"],
-                 "decode_step_s": t["decode_step_s"], "first_tokens": [int(x) for x in t["generated"][:8]]}
+                 "decode_step_s": t["decode_step_s"], "first_tokens": [_first_id(x) for x in t["generated"][:8]]}
                 for n, t in timings.items()]
     result = {
+        "batch_size": batch,
+        "clock": clock.name,
         "load_s": load_s,
         "rss_before_load_bytes": rss_before,
         "rss_after_load_bytes": rss_after,
@@ -284,9 +295,12 @@ def run_speed(job: dict, events: Events) -> None:
         "timed_page_faults": {k: faults_after[k] - faults_before[k] for k in faults_before},
         "rss_at_end": rss_parts(),
     }
-    if device == "cuda" and backend == "pytorch":
+    if device == "cuda" and get_backend(backend).torch_cuda:
         result["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
         result["cuda_max_reserved_bytes"] = int(torch.cuda.max_memory_reserved())
+    info = get_backend(backend).describe(model)
+    if info is not None:
+        result["backend_info"] = info
     events.emit("result", name, **result)
 
 

@@ -21,6 +21,8 @@ from ..data import BUILTIN
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Device for variants that don't set one [default: cpu].")
 @click.option("--dtype", default=None, help="PyTorch dtype: float32, float16 or bfloat16 [default: float32].")
 @click.option("--prompt-len", "prompt_lens", type=int, multiple=True, help="Prompt length in tokens; repeat for several [default: 128].")
+@click.option("--batch-size", type=int, default=None,
+              help="Prompts timed at once for variants that don't set one (pytorch backend) [default: 1].")
 @click.option("--new-tokens", type=int, default=None, help="Tokens generated after the prompt [default: 64].")
 @click.option("--repeats", type=int, default=None, help="Timed runs per variant, each in a fresh process [default: 5].")
 @click.option("--warmup-tokens", type=int, default=None, help="Decode steps in the warm-up, after one prefill [default: 8].")
@@ -45,11 +47,14 @@ from ..data import BUILTIN
 @click.option("--work-dir", type=click.Path(file_okay=False), default=None,
               help="Keep the variants built from recipes here (default: a temporary directory, removed afterwards).")
 @click.option("--timeout", type=float, default=None, help="Seconds before a stuck measurement is stopped and its variant failed [default: 900].")
+@click.option("--isolation", type=click.Choice(["exec", "fork"]), default="exec", show_default=True,
+              help="exec: a new interpreter per measurement; fork: workers forked from this process (no import "
+                   "cost, for tests and dry runs; CPU only, since CUDA does not survive a fork).")
 @click.option("-o", "--output", type=click.Path(), default=None,
               help="Report directory (written atomically) [default: bench-results/<UTC time>].")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists and is an earlier report "
               "of compress (bench.json and its siblings, nothing else).")
-def command(variants, suite, output, force, work_dir, **options) -> None:
+def command(variants, suite, output, force, work_dir, isolation, **options) -> None:
     """Measure load time, prefill and decode speed, memory, size and quality of
     every variant side by side, each measurement in a fresh process.
 
@@ -81,7 +86,7 @@ def command(variants, suite, output, force, work_dir, **options) -> None:
     if options["base"]:
         data["base"] = options["base"]
     settings = data["settings"]
-    for key in ("backend", "device", "dtype", "new_tokens", "repeats", "warmup_tokens", "prefill_repeats", "interleave", "threads"):
+    for key in ("backend", "device", "dtype", "batch_size", "new_tokens", "repeats", "warmup_tokens", "prefill_repeats", "interleave", "threads"):
         if options[key] is not None:
             settings[key] = options[key]
     if options["prompt_lens"]:
@@ -104,7 +109,7 @@ def command(variants, suite, output, force, work_dir, **options) -> None:
         output = f"bench-results/{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
     log.info(f"Benchmarking {len(parsed.variants) + 1} variants (base: {parsed.base}); report in {output}")
     report = run_bench(parsed, output, force=force, work_dir=work_dir, command=_command_line(ctx),
-                       verbose=False)
+                       verbose=False, isolation=isolation)
     ok = sum(v["status"] == "ok" for v in report["variants"])
     click.echo(f"{ok}/{len(report['variants'])} variants measured without errors; report in {output}/bench.md")
     for v in report["variants"]:

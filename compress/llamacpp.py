@@ -14,12 +14,16 @@
   manifest goes beside it, see compress.saving).
 
 Before llama.cpp is first used in a process, `require_llama_cpp` checks that
-llama-cpp-python is installed and that its build runs on this CPU (in a child
-process: compress.llamacpp_probe); both failures are one line.
+llama-cpp-python is installed and loads the CPU code that runs on this machine
+(compress.llamacpp_runtime.ensure_cpu_backend); both failures are one line.
+Every llama.cpp context opened here is closed before the interpreter exits:
+one freed during interpreter shutdown, after ggml's CPU library is gone,
+crashes the process (SIGSEGV) after its work is done.
 """
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
 import shutil
@@ -34,25 +38,37 @@ import numpy as np
 from .errors import UserError
 from .progress import log
 
-INSTALL_HINT = ("pip install llama-cpp-python (built for any x86 CPU: CMAKE_ARGS=\"-DGGML_NATIVE=OFF "
-                "-DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON\"; see docs/gguf.md)")
-
 _log_lines: list[str] = []  # llama.cpp's recent messages, for the reason in a one-line error
 _log_callback = None
+_open: "weakref.WeakSet[Any]" = weakref.WeakSet()  # every llama_cpp.Llama opened here, closed at exit
 
 
 def require_llama_cpp():
-    """The llama_cpp module, checked to run on this CPU; one-line UserError otherwise."""
-    try:
-        import llama_cpp
-    except ImportError as exc:
-        raise UserError(f"running a GGUF model needs llama-cpp-python, which is not installed here ({exc}); "
-                        f"{INSTALL_HINT}") from None
-    from .llamacpp_probe import check_cpu_support
+    """The llama_cpp module with a CPU backend that runs here; one-line UserError otherwise."""
+    from .llamacpp_runtime import ensure_cpu_backend
+    from .llamacpp_runtime import require_llama_cpp as installed
 
-    check_cpu_support()
+    llama_cpp = installed()
     _capture_logs(llama_cpp)
+    ensure_cpu_backend()
     return llama_cpp
+
+
+def open_llama(path: str | os.PathLike, **kwargs):
+    """llama_cpp.Llama(path, verbose=False, **kwargs), closed before exit; a load failure is one line."""
+    llama_cpp = require_llama_cpp()
+    try:
+        llm = llama_cpp.Llama(model_path=str(path), verbose=False, **kwargs)
+    except (ValueError, RuntimeError) as exc:
+        raise UserError(f"llama.cpp could not load {path} ({_last_error()}; {str(exc)[:120]})") from None
+    _open.add(llm)
+    return llm
+
+
+@atexit.register
+def _close_all() -> None:
+    for llm in list(_open):
+        llm.close()
 
 
 def _capture_logs(llama_cpp) -> None:
@@ -141,16 +157,10 @@ class LlamaCppCausalLM:
         if self._llm is not None and self._n_ctx >= n_ctx and self._logits_all == logits_all:
             return self._llm
         self.close()
-        llama_cpp = require_llama_cpp()
         n_ctx = max(int(n_ctx), 16)
         threads = self.threads or None
-        try:
-            self._llm = llama_cpp.Llama(
-                model_path=str(self.path), n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_ubatch=min(n_ctx, 512),
-                n_threads=threads, n_threads_batch=threads, logits_all=logits_all, verbose=False,
-            )
-        except (ValueError, RuntimeError) as exc:
-            raise UserError(f"llama.cpp could not load {self.path} ({_last_error()}; {str(exc)[:120]})") from None
+        self._llm = open_llama(self.path, n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_ubatch=min(n_ctx, 512),
+                               n_threads=threads, n_threads_batch=threads, logits_all=logits_all)
         self._n_ctx, self._logits_all = n_ctx, logits_all
         return self._llm
 
@@ -242,13 +252,8 @@ class LlamaCppTokenizer:
     """llama.cpp's tokenizer for a GGUF file, answering the calls the toolkit makes on a HF tokenizer."""
 
     def __init__(self, path: str | os.PathLike):
-        llama_cpp = require_llama_cpp()
         self.path = Path(path)
-        try:
-            self._llm = llama_cpp.Llama(model_path=str(self.path), vocab_only=True, verbose=False)
-        except (ValueError, RuntimeError) as exc:
-            raise UserError(f"llama.cpp could not read the tokenizer of {self.path} ({_last_error()}; "
-                            f"{str(exc)[:120]})") from None
+        self._llm = open_llama(self.path, vocab_only=True)
         self.bos_token_id = _token_or_none(self._llm.token_bos())
         self.eos_token_id = _token_or_none(self._llm.token_eos())
         self.pad_token_id = None

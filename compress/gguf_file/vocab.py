@@ -112,11 +112,31 @@ def carried_keys(path: Path, tokenizer, n_vocab: int) -> TokenizerKeys | None:
         log.info(f"the tokenizer differs from the one in {path.name}; writing it from the Hugging Face tokenizer")
         return None
     keys = TokenizerKeys(f"carried over from {path.name}")
+    pre = _hf_pre_name(tokenizer)
     for key, f in fields.items():
         vtype = f.types[0]
         sub_type = f.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-        keys.add(key, f.contents(), vtype, sub_type)
+        value = f.contents()
+        if key == "tokenizer.ggml.pre" and pre is not None and value != pre:
+            # The tokenizer splits text as llama.cpp's `pre` does, not as the origin's: for
+            # SmolLM2 ("smollm": single digits first) transformers' GGUF conversion keeps only
+            # the byte-level split. Tokenizing as the tokenizer does is what the export promises.
+            keys.origin += f", pre-tokenizer {value} -> {pre} to split text as the tokenizer does"
+            value = pre
+        keys.add(key, value, vtype, sub_type)
     return keys
+
+
+def _hf_pre_name(tokenizer) -> str | None:
+    """llama.cpp's name for the tokenizer's own pre-tokenizer, or None where it cannot be told."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    spec = json.loads(backend.to_str())
+    try:
+        return _pre_name(spec.get("pre_tokenizer"), bool(spec.get("model", {}).get("ignore_merges", False)))
+    except UserError:
+        return None
 
 
 # ------------------------------------------------------------------ from Hugging Face

@@ -16,15 +16,14 @@
 Before llama.cpp is first used in a process, `require_llama_cpp` checks that
 llama-cpp-python is installed and loads the CPU code that runs on this machine
 (compress.llamacpp_runtime.ensure_cpu_backend); both failures are one line.
-Every llama.cpp context opened here is closed before the interpreter exits:
-one freed during interpreter shutdown, after ggml's CPU library is gone,
-crashes the process (SIGSEGV) after its work is done.
+Every llama.cpp context opened here is closed before the interpreter exits
+(seen here: a context left to be freed during interpreter shutdown crashed the
+process with SIGSEGV after its work was done).
 """
 
 from __future__ import annotations
 
 import atexit
-import ctypes
 import os
 import shutil
 import tempfile
@@ -36,10 +35,7 @@ from typing import Any
 import numpy as np
 
 from .errors import UserError
-from .progress import log
 
-_log_lines: list[str] = []  # llama.cpp's recent messages, for the reason in a one-line error
-_log_callback = None
 _open: "weakref.WeakSet[Any]" = weakref.WeakSet()  # every llama_cpp.Llama opened here, closed at exit
 
 
@@ -49,8 +45,7 @@ def require_llama_cpp():
     from .llamacpp_runtime import require_llama_cpp as installed
 
     llama_cpp = installed()
-    _capture_logs(llama_cpp)
-    ensure_cpu_backend()
+    ensure_cpu_backend()  # also sends llama.cpp's log lines to our debug log (-v shows them)
     return llama_cpp
 
 
@@ -60,7 +55,8 @@ def open_llama(path: str | os.PathLike, **kwargs):
     try:
         llm = llama_cpp.Llama(model_path=str(path), verbose=False, **kwargs)
     except (ValueError, RuntimeError) as exc:
-        raise UserError(f"llama.cpp could not load {path} ({_last_error()}; {str(exc)[:120]})") from None
+        raise UserError(f"llama.cpp could not load {path} ({str(exc)[:200]}); run with -v for llama.cpp's own "
+                        "messages") from None
     _open.add(llm)
     return llm
 
@@ -71,52 +67,8 @@ def _close_all() -> None:
         llm.close()
 
 
-def _capture_logs(llama_cpp) -> None:
-    """Route llama.cpp's log lines to our debug log and keep the last few for error messages."""
-    global _log_callback
-    if _log_callback is not None:
-        return
-
-    @llama_cpp.llama_log_callback
-    def callback(level, text, user_data):
-        line = text.decode("utf-8", errors="replace").rstrip()
-        if line:
-            _log_lines.append(line)
-            del _log_lines[:-20]
-            log.debug(f"llama.cpp: {line}")
-
-    _log_callback = callback  # keep a reference: llama.cpp holds only the C pointer
-    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
-
-
-def _last_error() -> str:
-    errors = [ln for ln in _log_lines if "error" in ln.lower() or "failed" in ln.lower()]
-    return (errors or _log_lines or ["no message from llama.cpp"])[-1][:300]
-
-
 def is_gguf_file(path: str | os.PathLike | None) -> bool:
     return path is not None and Path(path).is_file() and Path(path).suffix.lower() == ".gguf"
-
-
-def gguf_metadata(path: str | os.PathLike, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """Scalar and string metadata of a GGUF file (arrays other than short ones left out), read without llama.cpp."""
-    import gguf
-
-    try:
-        reader = gguf.GGUFReader(path)
-    except Exception as exc:  # the reader raises many types on a bad file
-        raise UserError(f"{path} is not a readable GGUF file ({type(exc).__name__}: {str(exc)[:200]})") from None
-    out = {}
-    for key, field in reader.fields.items():
-        if keys is not None and key not in keys:
-            continue
-        if field.types and field.types[0] == gguf.GGUFValueType.ARRAY and len(field.data) > 1024:
-            continue
-        try:
-            out[key] = field.contents()
-        except Exception:  # an unusual field type: not needed here
-            continue
-    return out
 
 
 def gguf_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -287,10 +239,6 @@ class LlamaCppTokenizer:
 
 def _token_or_none(token: int) -> int | None:
     return None if token is None or token < 0 else int(token)
-
-
-def is_llamacpp(artifact) -> bool:
-    return isinstance(artifact.model, LlamaCppCausalLM)
 
 
 def write_gguf_file(artifact, path: Path) -> None:

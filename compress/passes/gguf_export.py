@@ -9,8 +9,8 @@ manifest beside it (``OUT.gguf.compress.json``). It must be a recipe's last pass
 When llama-cpp-python is installed, the pass checks the file in llama.cpp
 before anything is saved: llama.cpp's token ids for a sample text must be
 the tokenizer's, and its logits on a fixed input must agree with PyTorch's
-(at f32 and f16 within `max_logit_diff`; at every type the share of positions
-with the same top-1 token is recorded).
+(at f32 and f16 within `max_relative_diff` of the largest logit; at every type
+the share of positions with the same top-1 token is recorded).
 
 Config (YAML)::
 
@@ -43,7 +43,9 @@ class GgufExport(Pass):
     overrides: dict[str, str] = Field(
         default_factory=dict, description="glob on tensor names (GGUF or model names) -> type; a later pattern wins")
     check: bool = Field(True, description="check tokenizer and logits in llama.cpp (when llama-cpp-python is installed)")
-    max_logit_diff: float = Field(1e-2, gt=0, description="largest logit difference from PyTorch allowed at f32")
+    max_relative_diff: float = Field(
+        2e-3, gt=0, description="largest logit difference from PyTorch at f32, relative to the largest |logit| "
+        "(five times that at f16); a wrong export is off by the logits' own size")
 
     @field_validator("type")
     @classmethod
@@ -100,11 +102,12 @@ class GgufExport(Pass):
             raise UserError(f"llama.cpp tokenizes the sample text differently from the model's tokenizer "
                             f"(first difference at token {result['first_token_difference']}); nothing was saved")
         exact = self.type in ("f32", "f16") and not self.overrides and not artifact.quantized_blocks
-        if exact and result["max_abs_logit_diff"] > self.max_logit_diff * (1 if self.type == "f32" else 10):
+        limit = self.max_relative_diff * (1 if self.type == "f32" else 5)
+        if exact and result["relative_logit_diff"] > limit:
             raise UserError(
                 f"llama.cpp's logits differ from PyTorch's by {result['max_abs_logit_diff']:.3g} at {self.type} "
-                f"(limit {self.max_logit_diff * (1 if self.type == 'f32' else 10):.3g}); the export is wrong for "
-                "this model, nothing was saved")
+                f"({result['relative_logit_diff']:.2g} of the largest logit, limit {limit:.2g}); the export is wrong "
+                "for this model, nothing was saved")
         log.info(f"checked in llama.cpp: same tokens, logits within {result['max_abs_logit_diff']:.2e} of PyTorch, "
                  f"top-1 agreement {result['top1_agreement']:.0%}")
         return {"checked": True, **result}
@@ -128,5 +131,6 @@ def check_against_torch(artifact, exported, text: str = CHECK_TEXT) -> dict[str,
         "first_token_difference": None if ours == theirs else first_diff,
         "check_tokens": int(ids.shape[1]),
         "max_abs_logit_diff": float((ref - got).abs().max()),
+        "relative_logit_diff": float((ref - got).abs().max() / ref.abs().max().clamp(min=1e-6)),
         "top1_agreement": float((ref.argmax(-1) == got.argmax(-1)).float().mean()),
     }

@@ -404,3 +404,15 @@ def test_cli_exports_and_reports_what_it_wrote(capsys, tiny_gpt2_dir, tmp_path):
     assert tensors["position_embd.weight"].tensor_type.name == "F32"  # llama.cpp keeps it float too
     code = main(["-q", "export", "gguf", str(tiny_gpt2_dir), "-o", str(tmp_path / "g.gguf"), "--no-check"])
     assert code == 2 and "--force" in capsys.readouterr().err
+
+
+def test_without_llama_cpp_the_export_is_saved_unchecked_and_running_it_is_one_line(tiny_llama, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if llama-cpp-python were not installed
+    path, result = export(tiny_llama, tmp_path, check=True)
+    assert path.is_file()
+    assert result.passes[-1]["metrics"]["check"] == {"checked": False, "reason": "llama-cpp-python is not installed"}
+    with pytest.raises(UserError, match="llama.cpp is not installed") as exc:
+        result.model(torch.tensor([[1, 2, 3]]))
+    assert "\n" not in str(exc.value)

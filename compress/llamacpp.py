@@ -72,18 +72,20 @@ def is_gguf_file(path: str | os.PathLike | None) -> bool:
 
 
 def gguf_config(path: str | os.PathLike) -> dict[str, Any]:
-    """A config dict for a GGUF file: vocab_size and context length, as the bench asks for them."""
-    import gguf
+    """model_type, vocab_size and context length of a GGUF file, as the bench asks for them.
 
-    reader = gguf.GGUFReader(path)
-    arch_field = reader.fields.get("general.architecture")
-    arch = arch_field.contents() if arch_field else "?"
-    field = reader.fields.get(f"{arch}.context_length")
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    embd = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
-    vocab = int(embd.shape[1]) if embd is not None else (len(tokens.data) if tokens else None)
-    return {"model_type": arch, "vocab_size": vocab,
-            "max_position_embeddings": int(field.contents()) if field else None}
+    Read by llama.cpp with only the vocabulary loaded (milliseconds; the gguf package's
+    Python reader takes seconds to parse a 49k-token vocabulary).
+    """
+    llm = open_llama(path, vocab_only=True)
+    try:
+        meta = llm.metadata
+        arch = meta.get("general.architecture", "?")
+        context = meta.get(f"{arch}.context_length")
+        return {"model_type": arch, "vocab_size": int(llm.n_vocab()),
+                "max_position_embeddings": int(context) if context else None}
+    finally:
+        llm.close()
 
 
 class LlamaCppCausalLM:
@@ -95,6 +97,7 @@ class LlamaCppCausalLM:
         self._llm = None
         self._n_ctx = 0
         self._logits_all = False
+        self._config: dict[str, Any] | None = None
         if owned:  # a private temporary file: removed with this object
             self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.path.parent), True)
 
@@ -127,7 +130,14 @@ class LlamaCppCausalLM:
 
     @property
     def config(self) -> dict[str, Any]:
-        return gguf_config(self.path)
+        if self._config is None:
+            self._config = gguf_config(self.path)
+        return self._config
+
+    def n_params(self) -> int:
+        """Values in the file's tensors, as llama.cpp counts them (a tied output once)."""
+        llm = self._llm if self._llm is not None else self.open(16, logits_all=False)
+        return int(require_llama_cpp().llama_model_n_params(llm.model))
 
     def window_logits(self, ids: list[int]) -> np.ndarray:
         """Logits (len(ids), vocab) for every position of one window, from an empty cache."""
@@ -228,10 +238,11 @@ class LlamaCppTokenizer:
         return self._llm.detokenize(ids, special=not skip_special_tokens).decode("utf-8", errors="replace")
 
     def get_vocab(self) -> dict[str, int]:
-        import gguf
-
-        tokens = gguf.GGUFReader(self.path).fields["tokenizer.ggml.tokens"].contents()
-        return {t: i for i, t in enumerate(tokens)}
+        """{token text: id}, as the file stores the tokens (byte-level strings, like transformers' get_vocab)."""
+        llama_cpp = require_llama_cpp()
+        vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
+        texts = (llama_cpp.llama_vocab_get_text(vocab, i) for i in range(self._llm.n_vocab()))
+        return {t.decode("utf-8", errors="replace"): i for i, t in enumerate(texts)}
 
     def __len__(self) -> int:
         return self._llm.n_vocab()

@@ -110,13 +110,8 @@ class LlamaCppBackend(Backend):
         return model.config
 
     def parameters(self, model):
-        """Every value the file holds (the tied output is stored once); zeros are not counted in quantized blocks."""
-        import gguf
-        import numpy as np
-
-        reader = gguf.GGUFReader(model.path)
-        total = sum(int(np.prod(t.shape)) for t in reader.tensors)
-        return {"parameters": total, "nonzero_parameters": None}
+        """Every value the file's tensors hold (a tied output once); zeros inside quantized blocks are not counted."""
+        return {"parameters": model.n_params(), "nonzero_parameters": None}
 
 
 register(LlamaCppBackend())

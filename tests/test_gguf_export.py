@@ -383,16 +383,22 @@ def test_cli_refuses_bad_types_in_one_line(capsys, tiny_llama_dir, tmp_path, arg
     assert not any(tmp_path.iterdir())
 
 
-def test_cli_refuses_an_architecture_it_cannot_export(capsys, tmp_path, tiny_tokenizer):
-    from transformers import GPTNeoXConfig
+def test_an_architecture_it_cannot_export_is_refused_in_one_line(capsys, tmp_path, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM, GPTNeoXConfig
+
+    from compress.artifact import Artifact
 
     cfg = GPTNeoXConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=64)
     model_dir = save_tiny(tmp_path / "neox", cfg, tiny_tokenizer)
     code = main(["-q", "export", "gguf", str(model_dir), "-o", str(tmp_path / "x.gguf")])
     err = capsys.readouterr().err
-    assert code == 2 and "supports Llama-family" in err and "gpt_neox" in err
+    assert code == 2 and "gpt_neox" in err  # the command refuses it from the config, before loading weights
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "x.gguf").exists()
+    # A model handed over in Python is refused by the export itself.
+    art = Artifact(model=AutoModelForCausalLM.from_config(cfg), tokenizer=tiny_tokenizer)
+    with pytest.raises(UserError, match="GGUF export supports Llama-family .* this one is gpt_neox"):
+        export(art, tmp_path)
 
 
 def test_cli_exports_and_reports_what_it_wrote(capsys, tiny_gpt2_dir, tmp_path):
@@ -416,3 +422,35 @@ def test_without_llama_cpp_the_export_is_saved_unchecked_and_running_it_is_one_l
     with pytest.raises(UserError, match="llama.cpp is not installed") as exc:
         result.model(torch.tensor([[1, 2, 3]]))
     assert "\n" not in str(exc.value)
+
+
+def test_force_replaces_only_a_gguf_file_compress_wrote(tiny_llama, tmp_path):
+    from compress.saving import check_output_file
+
+    theirs = tmp_path / "theirs.gguf"
+    theirs.write_bytes(b"a GGUF the user made")
+    with pytest.raises(UserError, match="--force will not replace .* not an output of compress"):
+        check_output_file(theirs, force=True)
+    assert theirs.read_bytes() == b"a GGUF the user made"
+    path, _ = export(tiny_llama, tmp_path, "ours.gguf")
+    before = path.stat().st_mtime_ns
+    from compress.saving import save_artifact
+
+    save_artifact(build_pass("gguf_export", {"type": "f16", "check": False})(tiny_llama), path, force=True)
+    assert path.stat().st_mtime_ns != before and read(path)[1]["blk.0.attn_q.weight"].tensor_type.name == "F16"
+    (tmp_path / "folder.gguf").mkdir()
+    with pytest.raises(UserError, match="exists and is not a plain file"):
+        check_output_file(tmp_path / "folder.gguf", force=True)
+
+
+def test_leftovers_of_a_killed_export_are_removed_by_the_next_one(tiny_llama, tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs, as a killed export's would be
+    leftover = tmp_path / f".out.gguf.partial-{dead.pid}"
+    leftover.write_bytes(b"half a file")
+    export(tiny_llama, tmp_path, "out.gguf")
+    assert not leftover.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.gguf", "out.gguf.compress.json"]

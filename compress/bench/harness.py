@@ -283,6 +283,12 @@ def _check_model(ref: str, path: str | None, suite: Suite) -> None:
             return  # a runtime's own format (no Hugging Face config): its backend checks it
         config = json.loads((Path(path) / "config.json").read_text())
         check_supported(config, path)
+    elif path is not None and Path(path).suffix.lower() == ".gguf":
+        # Run as it is by llama.cpp, which reads the architecture from the file (its backend checked
+        # that llama.cpp runs here); converting it to a float checkpoint to read a config would take a minute.
+        from ..llamacpp import gguf_config
+
+        config = gguf_config(path)
     else:
         config = load_config(resolve_source(ref), trust_remote_code=suite.settings.trust_remote_code)
     if suite.settings.quality:

@@ -91,7 +91,15 @@ class Recipe(BaseModel):
                 raise ValueError(f"entry {i + 1} must be one 'pass_name: {{config}}' mapping, got {entry!r}")
             (name, config), = entry.items()
             built.append(build_pass(str(name), config))
+        for p in built[:-1]:
+            if p.output_file_suffix:
+                raise ValueError(f"{p.name} writes a {p.output_file_suffix} file and must be the last pass")
         return built
+
+    @property
+    def output_file_suffix(self) -> str | None:
+        """The suffix of a one-file output (".gguf") when the last pass makes one, else None (a directory)."""
+        return self.passes[-1].output_file_suffix if self.passes else None
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Recipe":
@@ -140,14 +148,14 @@ def run_recipe(
     The output path, the model's architecture and every window length are checked
     before any work so a doomed run fails at once.
     """
-    from .saving import check_output_path
+    from .saving import check_output
     from .models import load_config, resolve_source
     from .support import check_sequence_lengths
 
     ref = model or recipe.model or DEFAULT_MODEL
     source = resolve_source(ref) if base is None else None
     if output is not None:
-        check_output_path(output, force, source.path if source else base.source_path)
+        check_output(output, force, source.path if source else base.source_path, recipe.output_file_suffix)
     if recipe.evaluation is not None and any(p.needs_calibration for p in recipe.passes):
         check_disjoint(recipe.calibration, recipe.evaluation)
     config = load_config(source, trust_remote_code=trust_remote_code) if source else base.model.config

@@ -9,6 +9,12 @@ until its replacement is whole.
 the one rule every command uses): a directory holding our manifest or our bench report
 and nothing else of note. Every command checks its output with `check_output_path`
 before any work: not an input, not the user's, and writable.
+
+Some outputs are one file (a GGUF model for llama.cpp): the file is written under a
+hidden name in its own directory and renamed into place, and its manifest sits beside
+it as ``NAME.compress.json`` (``out.gguf`` -> ``out.gguf.compress.json``), written the
+same way just before the file. `check_output_file` is their check; `--force` replaces
+such a file only when that manifest says this toolkit wrote it.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from .errors import DiskFullError, UserError
 from .progress import log
 
 MANIFEST_NAME = "compress.json"
+FILE_MANIFEST_SUFFIX = ".compress.json"  # beside a one-file output: out.gguf -> out.gguf.compress.json
 MANIFEST_FORMAT = "compress-manifest/1"
 
 _VERSIONED_PACKAGES = (
@@ -44,6 +51,8 @@ _VERSIONED_PACKAGES = (
     "onnxruntime-gpu",
     "bitsandbytes",
     "torch-pruning",
+    "gguf",
+    "llama-cpp-python",
 )
 
 
@@ -243,7 +252,7 @@ def remove_stale_leftovers(out: Path) -> None:
         restored = olds[0]
     removed = [e for _, e in stale if e != restored]
     for entry in removed:
-        shutil.rmtree(entry, ignore_errors=True)
+        _remove(entry)
     said = []
     if restored is not None:
         said.append(f"restored the previous output from {restored.name}")
@@ -251,6 +260,15 @@ def remove_stale_leftovers(out: Path) -> None:
         said.append(f"removed {len(removed)} leftover director{'y' if len(removed) == 1 else 'ies'} of killed runs "
                     f"({', '.join(e.name for e in removed[:3])}{', ...' if len(removed) > 3 else ''})")
     log.warning(f"beside {out}: " + "; ".join(said))
+
+
+def _remove(path: Path) -> None:
+    """Remove a temporary directory or file of ours; gone already is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -279,8 +297,11 @@ def _mb(n: int) -> str:
 
 
 def _disk_full(out: Path, tmp: Path, needed: int | None, replacing: bool) -> DiskFullError:
-    written = sum((tmp / f).stat().st_size for f in _files_under(tmp) if (tmp / f).is_file()) if tmp.exists() else 0
-    shutil.rmtree(tmp, ignore_errors=True)
+    if tmp.is_file():
+        written = tmp.stat().st_size
+    else:
+        written = sum((tmp / f).stat().st_size for f in _files_under(tmp) if (tmp / f).is_file()) if tmp.exists() else 0
+    _remove(tmp)
     free = shutil.disk_usage(out.parent).free
     need = f"about {_mb(needed)} needed" if needed else f"more than the {_mb(written)} written before it ran out"
     kept = "the earlier output is unchanged" if replacing else "nothing was written"
@@ -341,7 +362,28 @@ def manifest_for(artifact: Artifact) -> dict[str, Any]:
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    (Path(directory) / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    write_manifest_file(Path(directory) / MANIFEST_NAME, manifest)
+
+
+def write_manifest_file(path: Path, manifest: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+
+
+def file_manifest_path(path: str | os.PathLike) -> Path:
+    """Where the manifest of a one-file output lives: beside it, NAME.compress.json."""
+    path = Path(path)
+    return path.with_name(path.name + FILE_MANIFEST_SUFFIX)
+
+
+def read_file_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The manifest beside a one-file output (None if there is none)."""
+    manifest = file_manifest_path(path)
+    if not manifest.is_file():
+        return None
+    try:
+        return json.loads(manifest.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"manifest {manifest} is not valid JSON ({exc}); delete it or re-create the output") from None
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
@@ -411,9 +453,14 @@ def expected_size(artifact: Artifact) -> int | None:
 
 
 def save_artifact(artifact: Artifact, out: str | os.PathLike, force: bool = False) -> Path:
-    """Save the model, tokenizer and manifest to `out`, atomically; the manifest lists every file written."""
-    out = check_output_path(out, force, artifact.source_path)
+    """Save the model, tokenizer and manifest to `out`, atomically; the manifest lists every file written.
+
+    A writer with a ``file_suffix`` attribute writes one file (see `save_file_artifact`).
+    """
     writer = artifact.writer or write_hf_checkpoint
+    if getattr(writer, "file_suffix", None):
+        return save_file_artifact(artifact, out, force)
+    out = check_output_path(out, force, artifact.source_path)
     source_dir = artifact.source_path if artifact.source_path is not None and Path(artifact.source_path).is_dir() else None
     with atomic_directory(out, force=force, expected_bytes=expected_size(artifact)) as tmp:
         writer(artifact, tmp)
@@ -422,3 +469,82 @@ def save_artifact(artifact: Artifact, out: str | os.PathLike, force: bool = Fals
         manifest["files"] = _files_under(tmp) + [MANIFEST_NAME]
         write_manifest(tmp, manifest)
     return out
+
+
+# ----------------------------------------------------------------- one-file outputs
+
+
+def check_output_file(out: str | os.PathLike, force: bool, source_path: Path | Iterable[Path] | None = None,
+                      suffix: str = ".gguf") -> Path:
+    """`check_output_path` for a one-file output: the suffix, not an input, replaced only if ours, writable."""
+    out = Path(out).expanduser().resolve()
+    if not out.name.lower().endswith(suffix) or out.name.lower() == suffix:
+        raise UserError(f"this output is one {suffix} file: give a file path ending in {suffix} (got {out})")
+    inputs = [source_path] if isinstance(source_path, (str, os.PathLike)) else list(source_path or [])
+    src = overlapping_input(out, [p for p in inputs if p is not None])
+    if src is not None:
+        raise UserError(f"output {out} overlaps the input model at {src}; choose an output path elsewhere")
+    manifest = file_manifest_path(out)
+    for path in (out, manifest):
+        remove_stale_leftovers(path)
+        if path.is_dir() or path.is_symlink():
+            raise UserError(f"output {path} exists and is not a plain file; choose another file name")
+    if (out.exists() or manifest.exists()) and not force:
+        raise UserError(f"output file {out if out.exists() else manifest} already exists; pass --force to replace it")
+    if out.exists() or manifest.exists():
+        recorded = read_file_manifest(out) if manifest.exists() else None
+        if not (isinstance(recorded, dict) and recorded.get("format") == MANIFEST_FORMAT
+                and recorded.get("file") == out.name):
+            raise UserError(f"--force will not replace {out}: it is not an output of compress (no manifest "
+                            f"{manifest.name} beside it that names it); choose another file name or delete it yourself")
+    probe_writable(out.parent)
+    return out
+
+
+@contextlib.contextmanager
+def atomic_file(out: str | os.PathLike, expected_bytes: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `out` that replaces `out` only if the block succeeds.
+
+    The temporary file lives in the same directory, so the final rename is atomic; on any
+    exception (KeyboardInterrupt included) it is removed and `out` is untouched. A full disk
+    is a `DiskFullError`.
+    """
+    out = Path(out).expanduser().resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    _remove(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            raise _disk_full(out, tmp, expected_bytes, out.exists()) from None
+        _remove(tmp)
+        raise
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def save_file_artifact(artifact: Artifact, out: str | os.PathLike, force: bool = False) -> Path:
+    """Save a one-file output and the manifest beside it, each through a temporary file and a rename.
+
+    The manifest is renamed into place first and the file last, so a new file never sits
+    beside an old manifest.
+    """
+    writer = artifact.writer
+    out = check_output_file(out, force, artifact.source_path, writer.file_suffix)
+    with atomic_file(out, expected_bytes=expected_size(artifact)) as tmp_file:
+        writer(artifact, tmp_file)
+        manifest = {**manifest_for(artifact), "file": out.name, "bytes": tmp_file.stat().st_size}
+        with atomic_file(file_manifest_path(out)) as tmp_manifest:
+            write_manifest_file(tmp_manifest, manifest)
+    return out
+
+
+def check_output(out: str | os.PathLike, force: bool, source_path: Path | Iterable[Path] | None = None,
+                 file_suffix: str | None = None) -> Path:
+    """check_output_file for one-file outputs (`file_suffix` given), check_output_path for directories."""
+    if file_suffix:
+        return check_output_file(out, force, source_path, file_suffix)
+    return check_output_path(out, force, source_path)

@@ -48,6 +48,7 @@ DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16":
 # so a variant asking for it gets the module's own one-line reason.
 BACKEND_MODULES: dict[str, str] = {
     "pytorch-sparse24": "compress.bench.sparse24",
+    "llamacpp": "compress.bench.llamacpp_backend",
 }
 
 _REGISTRY: dict[str, "Backend"] = {}
@@ -246,6 +247,10 @@ class Runner:
     def to_device(self, ids):
         return ids.to(self.device)
 
+    def reserve(self, positions: int) -> None:
+        """The most positions a sequence will reach. A runtime that allocates its key/value cache up front
+        (llama.cpp) sizes it from this, and may load the model here; the others need nothing."""
+
     def prefill(self, ids):
         """Run the prompt ((1, n) tensor of ids); return (first new token, state)."""
         raise NotImplementedError
@@ -256,6 +261,7 @@ class Runner:
 
     def generate(self, ids, new_tokens: int) -> list[int]:
         """Greedy tokens after the prompt (no stop at EOS: the timing loop doesn't stop either)."""
+        self.reserve(ids.shape[1] + new_tokens)
         token, state = self.prefill(self.to_device(ids))
         tokens = [int(token)]
         for _ in range(new_tokens - 1):
@@ -323,6 +329,9 @@ class PyTorchBackend(Backend):
             )
         if path is not None and has_onnx(path) and not has_torch_weights(path):
             raise UserError(f"{path} holds an ONNX export, not PyTorch weights; run it with --backend onnxruntime")
+        if path is not None and Path(path).is_file() and Path(path).suffix.lower() == ".gguf":
+            raise UserError(f"{path} is a GGUF file, which the pytorch backend cannot run; run it with --backend "
+                            "llamacpp, or give it as a recipe variant's model to run it converted to float")
         if path is not None and Path(path).is_file():
             raise UserError(f"{path} is a file, not a PyTorch checkpoint directory; the pytorch backend needs a "
                             "directory with config.json and weights")
@@ -379,6 +388,9 @@ class OnnxRuntimeBackend(Backend):
                 f"--dtype {dtype} applies to the pytorch backend only; an ONNX Runtime variant runs the exported graph "
                 "as it is (export it in the precision you want)"
             )
+        if path is not None and Path(path).suffix.lower() == ".gguf":
+            raise UserError(f"{path} is a GGUF file, which the onnxruntime backend cannot run; run it with --backend "
+                            "llamacpp")
         if path is not None and not has_onnx(path):
             raise UserError(
                 f"{path} has no ONNX export (no *.onnx file) for the onnxruntime backend; "

@@ -252,11 +252,19 @@ def _forked_worker(args: list[str], err_fd: int, threads: int | None) -> None:
 # --------------------------------------------------------------------------- planning
 
 
-def _resolve_path(ref: str) -> tuple[str, dict]:
-    """A loadable path (or hub id) and a description, for any model reference."""
+def _resolve_path(ref: str, backend: str | None = None, recipe: bool = False) -> tuple[str, dict]:
+    """A loadable path (or hub id) and a description, for any model reference.
+
+    A .gguf file stays a file for llama.cpp (the backend chosen for it, or asked for); the
+    built-in model's GGUF too when llamacpp is asked for. Otherwise, and for recipes (whose
+    passes need PyTorch), a GGUF is converted to a float checkpoint.
+    """
     from ..models import converted_gguf_dir, resolve_source
 
     source = resolve_source(ref)
+    keep_file = not recipe and (backend == "llamacpp" or (backend is None and source.kind == "gguf"))
+    if source.kind in ("builtin", "gguf") and keep_file:
+        return str(source.path), source.describe()
     if source.kind in ("builtin", "gguf"):
         return str(converted_gguf_dir(source.path)), source.describe()
     if source.kind == "local":
@@ -275,6 +283,12 @@ def _check_model(ref: str, path: str | None, suite: Suite) -> None:
             return  # a runtime's own format (no Hugging Face config): its backend checks it
         config = json.loads((Path(path) / "config.json").read_text())
         check_supported(config, path)
+    elif path is not None and Path(path).suffix.lower() == ".gguf":
+        # Run as it is by llama.cpp, which reads the architecture from the file (its backend checked
+        # that llama.cpp runs here); converting it to a float checkpoint to read a config would take a minute.
+        from ..llamacpp import gguf_config
+
+        config = gguf_config(path)
     else:
         config = load_config(resolve_source(ref), trust_remote_code=suite.settings.trust_remote_code)
     if suite.settings.quality:
@@ -317,7 +331,7 @@ def plan(suite: Suite) -> list[Variant]:
         variants.append(v)
         try:
             v.dtype = normalize_dtype(spec.dtype or s.dtype)
-            path, source = _resolve_path(v.model_ref)
+            path, source = _resolve_path(v.model_ref, v.backend, recipe=spec.is_recipe)
             v.source = {**source, "recipe": spec.describe()} if spec.is_recipe else source
             if spec.is_recipe:
                 recipe = (Recipe.from_yaml(spec.recipe) if spec.recipe
@@ -505,7 +519,7 @@ def _build(variants: list[Variant], suite: Suite, workers: Workers, work: Path) 
                 v.fail("build", res.error_for(v.name) or res.crash_message(workers.timeout))
                 continue
             v.build.update(seconds=done["seconds"], passes=done["passes"])
-            v.path = str(out)
+            v.path = done.get("path", str(out))
         try:
             _check_runnable(v, suite)
         except UserError as exc:

@@ -129,8 +129,9 @@ def run_build(job: dict, events: Events) -> None:
     ctx = PassContext(calibration=calibration)
     for p in passes:
         artifact = p(artifact, ctx, inplace=True)
-    save_artifact(artifact, job["output"], force=True)
-    events.emit("result", name, seconds=round(time.perf_counter() - start, 2),
+    suffix = getattr(artifact.writer, "file_suffix", None)  # a one-file output (a .gguf) is saved as OUTPUT.gguf
+    path = save_artifact(artifact, job["output"] + (suffix or ""), force=True)
+    events.emit("result", name, seconds=round(time.perf_counter() - start, 2), path=str(path),
                 passes=[{"name": r["name"], "config": r["config"], "seconds": r["seconds"]} for r in artifact.passes])
 
 
@@ -222,10 +223,12 @@ def run_speed(job: dict, events: Events) -> None:
     start = time.perf_counter()
     model = load_model(backend, job["path"], device, dtype, threads=job.get("threads"))
     runner = make_runner(backend, model, device)
+    new_tokens = int(job["new_tokens"])
+    # The warm-up decodes warmup_tokens after the first prompt; each timed run new_tokens - 1 after its prompt.
+    runner.reserve(max(job["prompt_lens"]) + max(new_tokens, int(job.get("warmup_tokens", 8)) + 1))
     runner.sync()
     load_s = time.perf_counter() - start
     rss_after = current_rss_bytes()
-    new_tokens = int(job["new_tokens"])
     for n in prompts:
         check_context(get_backend(backend).config(model), n + new_tokens, f"a prompt of {n} tokens plus {new_tokens} new tokens")
     prompts = {n: runner.to_device(ids) for n, ids in prompts.items()}  # copies happen before any timing

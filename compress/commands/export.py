@@ -1,4 +1,5 @@
-"""`compress export onnx`: an ONNX directory that ORTModelForCausalLM loads, checked against PyTorch."""
+"""`compress export onnx` (an ONNX directory that ORTModelForCausalLM loads) and `compress export gguf`
+(one GGUF file for llama.cpp), each checked against PyTorch."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ def command() -> None:
     """Export a model to another runtime's format.
 
     \b
-    Example:
+    Examples:
       compress export onnx smollm2-135m-instruct -o out/onnx
+      compress export gguf smollm2-135m-instruct --type q8_0 -o out/base-q8_0.gguf
     """
 
 
@@ -52,3 +54,65 @@ def onnx_command(model: str, opset: int | None, no_check: bool, output: str, for
         click.echo(f"checked against PyTorch: max logit difference {metrics['max_abs_logit_diff']:.2e}, "
                    f"greedy generation match {metrics['generation_match']:.0%}")
     click.echo(f"saved to {output}")
+
+
+def _parse_overrides(values: tuple[str, ...]) -> dict[str, str]:
+    from ..errors import UserError
+
+    overrides = {}
+    for item in values:
+        pattern, sep, kind = item.rpartition("=")
+        if not sep or not pattern or not kind:
+            raise UserError(f"--override '{item}' must be PATTERN=TYPE, e.g. 'token_embd.weight=f16'")
+        overrides[pattern] = kind
+    return overrides
+
+
+@command.command("gguf")
+@click.argument("model")
+@click.option("--type", "type_name", default="q8_0", show_default=True,
+              help="Weight type of every matrix: f32, f16, q8_0, q4_0, q4_1, q5_0 or q5_1.")
+@click.option("--override", "overrides", multiple=True, metavar="PATTERN=TYPE",
+              help="Another type for the matrices whose GGUF or model name matches the glob; repeatable, a later one wins "
+                   "(e.g. 'token_embd.weight=q8_0', 'blk.*.ffn_down.weight=f16').")
+@click.option("--no-check", is_flag=True, help="Skip the check in llama.cpp (tokenizer and logits against PyTorch).")
+@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Output file, ending in .gguf (written atomically).")
+def gguf_command(model: str, type_name: str, overrides: tuple[str, ...], no_check: bool, output: str, force: bool) -> None:
+    """Export MODEL (base, pruned, layer-dropped or distilled) to one GGUF file for llama.cpp.
+
+    The file is written with the gguf package; the tokenizer goes in as
+    llama.cpp reads it (carried from the original GGUF when the model came from
+    one). When llama-cpp-python is installed, the file is then checked in
+    llama.cpp: same token ids as the tokenizer, logits close to PyTorch's.
+    The manifest is saved beside the file as OUTPUT.compress.json. See docs/gguf.md.
+
+    \b
+    Examples:
+      compress export gguf smollm2-135m-instruct --type q8_0 -o out/base-q8_0.gguf
+      compress export gguf out/mlp25 --type q4_0 --override 'token_embd.weight=q8_0' -o out/mlp25-q4_0.gguf
+      compress bench out/base-q8_0.gguf -o bench-results/gguf
+    """
+    from ..models import load_artifact, resolve_source
+    from ..passes.base import build_pass
+    from ..saving import check_output_file, save_artifact
+
+    export = build_pass("gguf_export", {"type": type_name, "overrides": _parse_overrides(overrides),
+                                        "check": not no_check})
+    check_output_file(output, force, resolve_source(model).path, export.output_file_suffix)
+    result = export(load_artifact(model))
+    path = save_artifact(result, output, force=force)
+    metrics = result.passes[-1]["metrics"]
+    counts = ", ".join(f"{n} {t}" for t, n in metrics["type_counts"].items())
+    click.echo(f"wrote {metrics['arch']} GGUF: {counts} matrices; tokenizer {metrics['tokenizer']}")
+    for fb in metrics["fallbacks"][:5]:
+        click.echo(f"  {fb['tensor']}: {fb['written']} instead of {fb['asked']} ({fb['why']})")
+    if len(metrics["fallbacks"]) > 5:
+        click.echo(f"  ... {len(metrics['fallbacks']) - 5} more fallbacks, listed in the manifest")
+    check = metrics.get("check", {})
+    if check.get("checked"):
+        click.echo(f"checked in llama.cpp: same token ids, max logit difference {check['max_abs_logit_diff']:.2e}, "
+                   f"top-1 agreement {check['top1_agreement']:.0%}")
+    elif check:
+        click.echo(f"not checked in llama.cpp: {check.get('reason')}")
+    click.echo(f"saved to {path}")

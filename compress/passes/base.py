@@ -57,6 +57,9 @@ class Pass(BaseModel):
 
     name: ClassVar[str] = ""
     needs_calibration: ClassVar[bool] = False
+    # A pass whose result is saved as one file (".gguf"): it must be a recipe's last pass,
+    # and the output path must end in this suffix.
+    output_file_suffix: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

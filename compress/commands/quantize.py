@@ -1,4 +1,5 @@
-"""`compress quantize`: bitsandbytes or ONNX Runtime quantization, then the quality guard."""
+"""`compress quantize`: bitsandbytes or ONNX Runtime quantization, or mixed GGUF types under a KL budget
+(--target-kl, compress.commands.autoquant), then the quality guard."""
 
 from __future__ import annotations
 
@@ -68,6 +69,14 @@ def echo_quality(quality: dict | None, output: str) -> None:
     click.echo(f"saved to {output}")
 
 
+def autoquant_options(f):
+    from .autoquant import OPTIONS
+
+    for opt in reversed(OPTIONS):
+        f = opt(f)
+    return f
+
+
 def guard_options(f):
     from ..passes.quantization import QUANT_MAX_KL, QUANT_MIN_TOP1
 
@@ -96,8 +105,10 @@ def _json_config(directory: Path) -> dict:
 
 @click.command("quantize")
 @click.argument("model")
-@click.option("--method", type=click.Choice(METHODS), required=True,
-              help="bnb-*: bitsandbytes (PyTorch checkpoint); ort-*: ONNX Runtime (ONNX directory).")
+@click.option("--method", type=click.Choice(METHODS), default=None,
+              help="bnb-*: bitsandbytes (PyTorch checkpoint); ort-*: ONNX Runtime (ONNX directory). "
+                   "Or --target-kl instead.")
+@autoquant_options
 @click.option("--keep", multiple=True, metavar="GLOB",
               help="Module names kept in float, e.g. 'model.layers.*.mlp.down_proj' (repeatable). "
                    "ort-int8 default: the MLP down projections; others: none (the LM head is always kept in float).")
@@ -118,9 +129,9 @@ def _json_config(directory: Path) -> dict:
 @trust_remote_code_option
 @data_options
 @output_options
-def command(model: str, method: str, keep, keep_first, keep_last, device, double_quant, compute_dtype, block_size,
-            reduce_range, int4_algorithm, max_kl, min_top1, fail_on_damage, output, force, trust_remote_code,
-            **data) -> None:
+def command(model: str, method: str | None, keep, keep_first, keep_last, device, double_quant, compute_dtype,
+            block_size, reduce_range, int4_algorithm, max_kl, min_top1, fail_on_damage, output, force, trust_remote_code,
+            target_kl, types, search_windows, check_windows, **data) -> None:
     """Quantize MODEL and check the result against it on evaluation text.
 
     After quantizing, the quality guard compares the result with MODEL on the
@@ -129,8 +140,10 @@ def command(model: str, method: str, keep, keep_first, keep_last, device, double
     bnb-* outputs reload quantized with AutoModelForCausalLM.from_pretrained;
     ort-* outputs with ORTModelForCausalLM.from_pretrained. MODEL may also be
     an ONNX directory from `compress export onnx` (ort-* methods).
-    Calibration options are accepted for uniformity but unused: these methods
-    need no calibration.
+    Calibration options are accepted for uniformity but unused by these
+    methods. --target-kl instead chooses a llama.cpp type per matrix (the
+    fastest mix whose KL on held-out calibration windows stays within the
+    budget) and writes one GGUF file; see docs/autoquant.md.
 
     \b
     Examples:
@@ -138,6 +151,7 @@ def command(model: str, method: str, keep, keep_first, keep_last, device, double
       compress quantize out/pruned --method bnb-nf4 --keep-first 2 --keep-last 2 -o out/pruned-nf4
       compress quantize out/onnx --method ort-int4 --block-size 32 -o out/ort-int4 \\
           --eval-text ../data/wiki.valid.tokens --eval-windows 4 --fail-on-damage
+      compress quantize smollm2-135m-instruct --target-kl 0.02 -o out/mix-0.02.gguf
     """
     from ..devices import check_device
     from ..errors import UserError
@@ -146,6 +160,15 @@ def command(model: str, method: str, keep, keep_first, keep_last, device, double
     from ..saving import check_output_path, save_artifact
     from ..support import check_sequence_lengths
 
+    if target_kl is not None or method is None:
+        from .autoquant import run_autoquant
+
+        if method is not None:
+            raise UserError("give either --method or --target-kl, not both")
+        if target_kl is None:
+            raise UserError("give --method (bnb-int8, bnb-nf4, bnb-fp4, ort-int8, ort-int4) or --target-kl KL")
+        return run_autoquant(model, target_kl, types, search_windows, check_windows, max_kl, min_top1,
+                             fail_on_damage, output, force, trust_remote_code, data)
     check_device(device)
     quant = build_quantize_pass(method, keep, keep_first, keep_last, device, double_quant, compute_dtype, block_size,
                                 reduce_range, int4_algorithm)

@@ -9,3 +9,4 @@ from . import sparsegpt  # noqa: F401
 from . import distillation  # noqa: F401
 from . import bnb, onnx_export, ort_quant  # noqa: F401
 from . import gguf_export  # noqa: F401
+from . import auto_quantize  # noqa: F401

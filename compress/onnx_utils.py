@@ -129,6 +129,13 @@ class OnnxCausalLM:
         return f"OnnxCausalLM({str(self.directory)!r}, provider={self.provider!r})"
 
 
+def copy_files(source: Path, target: Path) -> None:
+    """Copy the files (not subdirectories) of `source` into `target`."""
+    for item in Path(source).iterdir():
+        if item.is_file():
+            shutil.copy2(item, Path(target) / item.name)
+
+
 def write_onnx_directory(artifact, directory: Path) -> None:
     """Artifact writer: model.onnx (+ external data), config, generation config, tokenizer.
 
@@ -137,9 +144,7 @@ def write_onnx_directory(artifact, directory: Path) -> None:
     model = artifact.model
     if not isinstance(model, OnnxCausalLM):
         raise TypeError(f"write_onnx_directory needs an OnnxCausalLM, got {type(model).__name__}")
-    for item in model.directory.iterdir():
-        if item.is_file():
-            shutil.copy2(item, Path(directory) / item.name)
+    copy_files(model.directory, directory)
     if artifact.tokenizer is not None:
         artifact.tokenizer.save_pretrained(directory)
 

@@ -170,6 +170,11 @@ class OrtQuantize(Pass):
                 import onnx_ir  # noqa: F401
             except ImportError as exc:
                 raise UserError(f"ort_quantize int4 needs {exc.name}: pip install onnx-ir") from None
+        from ..genai_model import is_genai
+
+        if is_genai(artifact):
+            raise UserError("ort_quantize: the model is an onnxruntime-genai graph; quantize it when exporting "
+                            "(ort_genai_export precision int8/int4) instead")
         state = quantization_state(artifact)
         if state is not None:
             raise UserError(f"ort_quantize: the model is already quantized ({state}); quantize the float model instead")

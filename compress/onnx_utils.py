@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .genai_model import GENAI_CONFIG
 
 ONNX_FILE = "model.onnx"
 _ONNX_GLOBS = ("*.onnx", "*.onnx_data", "*.onnx.data")
@@ -154,8 +155,9 @@ def is_onnx(artifact) -> bool:
 
 
 def is_onnx_directory(ref: str) -> bool:
+    """An optimum ONNX export (an onnxruntime-genai directory, which also holds model.onnx, is not one)."""
     path = Path(str(ref)).expanduser()
-    return path.is_dir() and (path / ONNX_FILE).is_file()
+    return path.is_dir() and (path / ONNX_FILE).is_file() and not (path / GENAI_CONFIG).is_file()
 
 
 def load_onnx_artifact(ref: str):

@@ -238,6 +238,12 @@ def test_combinations_the_builder_gets_wrong_are_refused(tiny_llama, config, mes
         OrtGenaiExport(**config)(tiny_llama)
 
 
+def test_a_block_size_that_does_not_divide_the_hidden_size_is_refused_for_a_shared_embedding(tiny_llama):
+    # The built-in model's 576 with block 128 gives a graph ONNX Runtime cannot run; tiny's 64 with 128 likewise.
+    with pytest.raises(UserError, match="block_size 128 does not divide the hidden size 64"):
+        OrtGenaiExport(block_size=128)(tiny_llama)
+
+
 def test_quantized_inputs_are_refused(tiny_llama):
     from compress.passes import BnbQuantize
 
@@ -353,3 +359,18 @@ def test_builtin_model_int8_keeps_quality_and_answers_through_stock_onnxruntime_
     assert new == GenaiCausalLM(out, owned=False).generate_greedy(hf_ids, len(new))
     text = og_tok.decode(new)
     assert text == tok.decode(new) and "Ġ" not in text and len(text.split()) > 3
+
+
+def test_the_runner_sizes_the_generator_to_the_reserved_length(exported):
+    """onnxruntime-genai allocates key/value buffers for max_length up front: exactly what the run needs."""
+    from compress.bench.ort_genai import GenaiRunner
+
+    out, _ = exported("int8")
+    runner = GenaiRunner(GenaiCausalLM(out, owned=False))
+    prompt = torch.tensor([[5, 17, 42, 99, 7]])
+    runner.reserve(prompt.shape[1] + 3)
+    token, generator = runner.prefill(prompt)
+    for _ in range(2):
+        assert not generator.is_done()
+        token, generator = runner.step(token, generator)
+    assert generator.is_done() and len(generator.get_sequence(0)) == prompt.shape[1] + 3

@@ -44,7 +44,9 @@ class GenaiRunner(Runner):
         import numpy as np
 
         prompt = ids.detach().cpu().numpy().astype(np.int32).reshape(1, -1)
-        generator = self.model.generator(max(self.max_length or 0, prompt.shape[1] + DEFAULT_NEW_TOKENS))
+        wanted = self.max_length if self.max_length else prompt.shape[1] + DEFAULT_NEW_TOKENS
+        context = int(self.model.config["max_position_embeddings"])
+        generator = self.model.generator(min(max(wanted, prompt.shape[1] + 1), context))
         generator.append_tokens(prompt)
         generator.generate_next_token()
         return int(generator.get_next_tokens()[0]), generator

@@ -40,13 +40,14 @@ def onnx_command(model: str, opset: int | None, no_check: bool, output: str, for
     Examples:
       compress export onnx smollm2-135m-instruct -o out/onnx
       compress export onnx out/pruned -o out/pruned-onnx --force
-      compress quantize out/onnx --method ort-int8 -o out/onnx-int8
+      compress quantize out/onnx --method ort-dynamic-int8 -o out/onnx-int8
     """
-    export_and_save("onnx_export", {"opset": opset, "check": not no_check}, model, output, force)
+    export_and_save("onnx_export", {"opset": opset, "check": not no_check}, model, output, force, trust_remote_code)
     click.echo(f"saved to {output}")
 
 
-def export_and_save(pass_name: str, config: dict, model: str, output: str, force: bool) -> dict:
+def export_and_save(pass_name: str, config: dict, model: str, output: str, force: bool,
+                    trust_remote_code: bool = False) -> dict:
     """Validate the export pass, check the output path, export MODEL, save; echo the check. Returns its metrics."""
     from ..models import load_artifact, resolve_source
     from ..passes.base import build_pass
@@ -137,9 +138,10 @@ def gguf_command(model: str, type_name: str, overrides: tuple[str, ...], no_chec
 @click.option("--algorithm", type=click.Choice(["default", "k_quant"]), default="default", show_default=True,
               help="int4: how the 4-bit codes are chosen (round-to-nearest, or k-quant's scale search).")
 @click.option("--no-check", is_flag=True, help="Skip the comparison with the PyTorch model's logits and generation.")
+@trust_remote_code_option
 @output_options
 def ort_genai_command(model: str, precision: str, block_size: int, accuracy_level: int, head_precision: str,
-                      algorithm: str, no_check: bool, output: str, force: bool) -> None:
+                      algorithm: str, no_check: bool, output: str, force: bool, trust_remote_code: bool) -> None:
     """Export MODEL to the fast ONNX Runtime LLM graph (onnxruntime-genai's model builder).
 
     The graph has grouped-query attention with fused rotary embeddings, packed
@@ -157,5 +159,6 @@ def ort_genai_command(model: str, precision: str, block_size: int, accuracy_leve
     """
     metrics = export_and_save("ort_genai_export", {
         "precision": precision, "block_size": block_size, "accuracy_level": accuracy_level,
-        "head_precision": head_precision, "algorithm": algorithm, "check": not no_check}, model, output, force)
+        "head_precision": head_precision, "algorithm": algorithm, "check": not no_check}, model, output, force,
+        trust_remote_code)
     click.echo(f"saved to {output} ({metrics['onnx_bytes'] / 2**20:.1f} MiB of graph)")

@@ -46,7 +46,7 @@ from .onnx_export import CHECK_TEXT
 from .quantization import quantization_state
 
 # Architectures this pass exports and its tests check (the builder builds more, unchecked here).
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
+BUILDER_ARCHITECTURES = ("LlamaForCausalLM",)
 # Files of the source checkpoint copied beside the graph: context length, vocabulary, end tokens.
 _CONFIG_FILES = ("config.json", "generation_config.json")
 _GRAPH_OPS = ("GroupQueryAttention", "SkipSimplifiedLayerNormalization", "MatMulNBits", "GatherBlockQuantized",
@@ -62,10 +62,10 @@ def check_exportable(model) -> None:
     """One-line UserError for a model the builder cannot turn into a correct graph."""
     config = model.config
     arch = (getattr(config, "architectures", None) or [type(model).__name__])[0]
-    if arch not in SUPPORTED_ARCHITECTURES:
+    if arch not in BUILDER_ARCHITECTURES:
         raise UserError(
             f"ort_genai_export: onnxruntime-genai's model builder does not export {arch} here (supported: "
-            f"{', '.join(SUPPORTED_ARCHITECTURES)}); use `compress export onnx` for an optimum ONNX export"
+            f"{', '.join(BUILDER_ARCHITECTURES)}); use `compress export onnx` for an optimum ONNX export"
         )
     layers = getattr(getattr(model, "model", None), "layers", None) or []
     shapes = {(layer.mlp.down_proj.in_features, layer.self_attn.q_proj.out_features,
@@ -144,6 +144,31 @@ def run_builder(hf_dir: Path, out_dir: Path, precision: str, extra_options: dict
     return time.perf_counter() - start
 
 
+def tokenizer_metrics(target: GenaiCausalLM, tokenizer) -> dict[str, Any]:
+    """Make the output's tokenizer.json readable by onnxruntime-genai; say where its tokenizer still differs."""
+    from ..genai_tokenizer import genai_tokenizer_agrees, simplify_byte_level_decoder
+
+    metrics: dict[str, Any] = {"tokenizer_simplified": simplify_byte_level_decoder(target.directory)}
+    if tokenizer is None:
+        return metrics
+    try:
+        metrics["genai_tokenizer"] = agreement = genai_tokenizer_agrees(target.og_model, tokenizer)
+    except Exception as exc:  # onnxruntime-genai opens the graph here first
+        raise graph_failure(exc) from None
+    finally:
+        target.release()
+    differs = sorted(set(agreement["ids_differ_on"]) | set(agreement["text_differs_on"]))
+    if differs:
+        log.warning(f"onnxruntime-genai's own tokenizer differs from transformers' on: {', '.join(differs)} "
+                    "(see docs/ort-genai.md); our measurements feed it transformers' token ids")
+    return metrics
+
+
+def graph_failure(exc: BaseException) -> UserError:
+    return UserError(f"the graph the builder wrote does not run in ONNX Runtime ({_first_line(exc)}); "
+                     "nothing was saved")
+
+
 def check_against_torch(torch_model, genai_model: GenaiCausalLM, tokenizer, new_tokens: int = 8) -> dict[str, Any]:
     """Largest logit difference on a fixed input, and greedy agreement through the genai Generator."""
     import torch
@@ -152,13 +177,17 @@ def check_against_torch(torch_model, genai_model: GenaiCausalLM, tokenizer, new_
     ids = ids.clamp(max=int(torch_model.config.vocab_size) - 1)
     with torch.inference_mode():
         ref = torch_model(input_ids=ids, use_cache=False).logits.float()
-        got = genai_model(ids, torch.ones_like(ids))
         settings = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                         attention_mask=torch.ones_like(ids),
                         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
         gen_ref = torch_model.generate(ids, **settings)[0, ids.shape[1]:].tolist()
-    gen_got = genai_model.generate_greedy(ids, new_tokens)
-    genai_model.release()
+    try:
+        got = genai_model(ids, torch.ones_like(ids))
+        gen_got = genai_model.generate_greedy(ids, new_tokens)
+    except Exception as exc:  # an invalid graph fails inside ONNX Runtime, with its own exception types
+        raise graph_failure(exc) from None
+    finally:
+        genai_model.release()
     return {
         "max_abs_logit_diff": float((ref - got).abs().max()),
         "generation_match": sum(a == b for a, b in zip(gen_ref, gen_got)) / new_tokens,
@@ -234,6 +263,12 @@ class OrtGenaiExport(Pass):
         from ..saving import write_hf_checkpoint
 
         tied = bool(getattr(artifact.model.config, "tie_word_embeddings", False))
+        hidden = int(artifact.model.config.hidden_size)
+        if tied and self.share_embedding and self.precision != "fp32" and hidden % self.block_size:
+            # The builder reshapes the head's blocks back into embedding rows; a padded last block breaks that.
+            raise UserError(f"ort_genai_export: block_size {self.block_size} does not divide the hidden size {hidden}, "
+                            "which the shared quantized embedding needs; use a block size that divides it, or "
+                            "share_embedding: false")
         options = self.extra_options(tied)
         target = GenaiCausalLM.new_directory()
         with tempfile.TemporaryDirectory(prefix="compress-genai-build-") as work:
@@ -247,21 +282,12 @@ class OrtGenaiExport(Pass):
             for name in _CONFIG_FILES:
                 if (hf_dir / name).is_file():
                     (target.directory / name).write_bytes((hf_dir / name).read_bytes())
-        from ..genai_tokenizer import genai_tokenizer_agrees, simplify_byte_level_decoder
-
         metrics: dict[str, Any] = {
             "builder": {"version": _genai_version(), "extra_options": options, "seconds": round(seconds, 1)},
             **graph_summary(target.onnx_path),
             "onnx_bytes": target.size_bytes(),
-            "tokenizer_simplified": simplify_byte_level_decoder(target.directory),
+            **tokenizer_metrics(target, artifact.tokenizer),
         }
-        if artifact.tokenizer is not None:
-            metrics["genai_tokenizer"] = agreement = genai_tokenizer_agrees(target.og_model, artifact.tokenizer)
-            target.release()
-            differs = sorted(set(agreement["ids_differ_on"]) | set(agreement["text_differs_on"]))
-            if differs:
-                log.warning(f"onnxruntime-genai's own tokenizer differs from transformers' on: {', '.join(differs)} "
-                            "(see docs/ort-genai.md); our measurements feed it transformers' token ids")
         if self.check and artifact.tokenizer is not None:
             metrics.update(check_against_torch(artifact.model, target, artifact.tokenizer))
             diff = metrics["max_abs_logit_diff"]

@@ -272,17 +272,17 @@ def test_cli_refuses_gpt2_and_an_unknown_precision_in_one_line(tiny_gpt2_dir, tm
 # ---------------------------------------------------------------- the bench backend
 
 
-def test_bench_backend_reports_every_metric_through_the_genai_generator(exported, tiny_llama_dir, tmp_path):
+def test_bench_backend_reports_every_metric_through_the_genai_generator(tiny_llama_dir, tmp_path):
+    """The variant is built by the bench itself from a pass entry, as a suite would, then chosen by its format."""
     from compress.bench import Suite, run_bench
 
-    out, _ = exported("int8")
     suite = Suite.from_dict({
         "base": str(tiny_llama_dir),
         "settings": {"prompt_lens": [8, 16], "new_tokens": 6, "repeats": 2, "warmup_tokens": 2, "threads": 1,
                      "prefill_repeats": 2},
         "evaluation": {"source": "builtin", "split": "evaluation", "windows": 2, "seq_len": 32},
         "sample": {"new_tokens": 5},
-        "variants": [{"name": "genai-int8", "model": str(out)}],
+        "variants": [{"name": "genai-int8", "passes": [{"ort_genai_export": {"precision": "int8"}}]}],
     })
     report = run_bench(suite, tmp_path / "report", isolation="fork")
     base, v = (next(x for x in report["variants"] if x["name"] == n) for n in ("base", "genai-int8"))

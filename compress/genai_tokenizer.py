@@ -1,8 +1,9 @@
 """Make a saved tokenizer.json read the same in onnxruntime-genai as in transformers.
 
-The built-in model's tokenizer (converted by transformers from a GGUF file) is a
-byte-level BPE whose decoder is a Sequence of ByteFallback, Fuse, Replace("▁" -> " ")
-and ByteLevel, with ``byte_fallback`` on. transformers runs that Sequence and gets
+A tokenizer converted by transformers' GGUF loader (the built-in model's, before
+`compress.models` wrote its own conversion) is a byte-level BPE whose decoder is a
+Sequence of ByteFallback, Fuse, Replace("▁" -> " ") and ByteLevel, with
+``byte_fallback`` on. transformers runs that Sequence and gets
 the right text. onnxruntime-genai's tokenizer (onnxruntime-extensions) reads the
 ByteFallback/"▁" parts as a SentencePiece tokenizer: it encodes most words to -1 and
 decodes spaces as "Ġ". For a byte-level vocabulary those parts do nothing (there are

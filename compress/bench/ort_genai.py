@@ -37,8 +37,8 @@ class GenaiRunner(Runner):
         super().__init__(model, device)
         self.max_length: int | None = None
 
-    def reserve(self, tokens: int) -> None:
-        self.max_length = int(tokens)
+    def reserve(self, positions: int) -> None:
+        self.max_length = int(positions)
 
     def prefill(self, ids):
         import numpy as np

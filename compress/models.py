@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .artifact import Artifact
 from .errors import UserError
+from .genai_model import is_genai_directory
 from .progress import log
 from .saving import atomic_directory, read_manifest
 
@@ -260,6 +261,9 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "to
 def _check_model_directory(path: Path) -> None:
     """Name what a local directory lacks before transformers fails on it with a vaguer message."""
     has_torch = any(any(path.glob(g)) for g in ("*.safetensors", "pytorch_model*.bin", "model*.bin"))
+    if not has_torch and is_genai_directory(path):
+        raise UserError(f"{path} is an onnxruntime-genai graph (from `compress export ort-genai`); passes and "
+                        "exports need the PyTorch checkpoint it was made from (its compress.json names it)")
     if not has_torch and any(path.glob("*.onnx")):
         raise UserError(f"{path} holds an ONNX export, but this command needs PyTorch weights (safetensors); "
                         "give the directory it was exported from")

@@ -49,6 +49,8 @@ _VERSIONED_PACKAGES = (
     "optimum-onnx",
     "onnxruntime",
     "onnxruntime-gpu",
+    "onnxruntime-genai",
+    "onnxruntime-genai-cuda",
     "bitsandbytes",
     "torch-pruning",
     "gguf",

@@ -8,13 +8,17 @@ import click
 
 from ..cli_options import data_options, data_specs, output_options, trust_remote_code_option
 
-METHODS = ("bnb-int8", "bnb-nf4", "bnb-fp4", "ort-int8", "ort-int4")
+# ort-int8 / ort-int4: the fast onnxruntime-genai graph, weight-only MatMulNBits with int8 compute
+# (ort_genai_export). ort-dynamic-int8 / ort-optimum-int4: ort_quantize on optimum's ONNX export.
+METHODS = ("bnb-int8", "bnb-nf4", "bnb-fp4", "ort-int8", "ort-int4", "ort-dynamic-int8", "ort-optimum-int4")
+FAST_GRAPH_METHODS = ("ort-int8", "ort-int4")
 
 
 def build_quantize_pass(method: str, keep: tuple[str, ...], keep_first: int | None, keep_last: int | None, device: str,
                         double_quant: bool, compute_dtype: str, block_size: int, reduce_range: bool,
                         int4_algorithm: str = "rtn"):
     """The pass for a --method, validated (bad values raise UserError before any work)."""
+    from ..errors import UserError
     from ..passes.base import build_pass
 
     family, kind = method.split("-", 1)
@@ -23,8 +27,18 @@ def build_quantize_pass(method: str, keep: tuple[str, ...], keep_first: int | No
                   "device": device,
                   "double_quant": double_quant, "compute_dtype": compute_dtype}
         return build_pass("bnb_quantize", config)
-    config = {"method": kind, "keep": list(keep) or None, "keep_first": keep_first, "keep_last": keep_last}
-    if kind == "int4":
+    if method in FAST_GRAPH_METHODS:
+        unused = [name for name, given in (("--keep", keep), ("--keep-first", keep_first is not None),
+                                           ("--keep-last", keep_last is not None), ("--reduce-range", reduce_range),
+                                           ("--int4-algorithm", int4_algorithm != "rtn")) if given]
+        if unused:
+            raise UserError(f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} not for {method}, which "
+                            "quantizes every projection of the fast graph; use ort-dynamic-int8 / ort-optimum-int4 "
+                            "for those options")
+        return build_pass("ort_genai_export", {"precision": kind, "block_size": block_size})
+    config = {"method": "dynamic-int8" if kind == "dynamic-int8" else "int4", "keep": list(keep) or None,
+              "keep_first": keep_first, "keep_last": keep_last}
+    if kind == "optimum-int4":
         config["block_size"] = block_size
         config["algorithm"] = int4_algorithm
     else:
@@ -97,23 +111,27 @@ def _json_config(directory: Path) -> dict:
 @click.command("quantize")
 @click.argument("model")
 @click.option("--method", type=click.Choice(METHODS), required=True,
-              help="bnb-*: bitsandbytes (PyTorch checkpoint); ort-*: ONNX Runtime (ONNX directory).")
+              help="bnb-*: bitsandbytes (PyTorch checkpoint); ort-int8/ort-int4: the fast onnxruntime-genai graph "
+                   "(weight-only, int8 compute); ort-dynamic-int8/ort-optimum-int4: optimum's ONNX graph.")
 @click.option("--keep", multiple=True, metavar="GLOB",
               help="Module names kept in float, e.g. 'model.layers.*.mlp.down_proj' (repeatable). "
-                   "ort-int8 default: the MLP down projections; others: none (the LM head is always kept in float).")
+                   "ort-dynamic-int8 default: the MLP down projections; others: none (the LM head is always kept in "
+                   "float). Not for ort-int8/ort-int4.")
 @click.option("--keep-first", type=int, default=None, metavar="N",
-              help="Also keep the first N decoder blocks in float. Default: 2 for ort-int8, 0 otherwise.")
+              help="Also keep the first N decoder blocks in float. Default: 2 for ort-dynamic-int8, 0 otherwise.")
 @click.option("--keep-last", type=int, default=None, metavar="N",
-              help="Also keep the last N decoder blocks in float. Default: 2 for ort-int8, 0 otherwise.")
+              help="Also keep the last N decoder blocks in float. Default: 2 for ort-dynamic-int8, 0 otherwise.")
 @click.option("--device", default="cpu", show_default=True, help="bitsandbytes device: cpu or cuda.")
 @click.option("--double-quant/--no-double-quant", default=True, show_default=True,
               help="bnb 4-bit: quantize the block scales too.")
 @click.option("--compute-dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
               show_default=True, help="bnb 4-bit: dtype of the matrix products.")
-@click.option("--block-size", type=int, default=32, show_default=True, help="ort-int4: weights per scale.")
-@click.option("--reduce-range", is_flag=True, help="ort-int8: 7-bit weights (slower path to accuracy; rarely better).")
+@click.option("--block-size", type=int, default=32, show_default=True,
+              help="ort-int8/ort-int4/ort-optimum-int4: weights per scale.")
+@click.option("--reduce-range", is_flag=True,
+              help="ort-dynamic-int8: 7-bit weights (slower path to accuracy; rarely better).")
 @click.option("--int4-algorithm", type=click.Choice(["rtn", "hqq"]), default="rtn", show_default=True,
-              help="ort-int4: round-to-nearest, or HQQ (optimised scales and zero points; slower to build).")
+              help="ort-optimum-int4: round-to-nearest, or HQQ (optimised scales and zero points; slower to build).")
 @guard_options
 @trust_remote_code_option
 @data_options
@@ -127,8 +145,10 @@ def command(model: str, method: str, keep, keep_first, keep_last, device, double
     evaluation text (mean KL divergence and top-1 agreement) and warns loudly if
     it drifted past --max-kl/--min-top1; the numbers go into compress.json.
     bnb-* outputs reload quantized with AutoModelForCausalLM.from_pretrained;
-    ort-* outputs with ORTModelForCausalLM.from_pretrained. MODEL may also be
-    an ONNX directory from `compress export onnx` (ort-* methods).
+    ort-int8/ort-int4 outputs (the fast graph, as `compress export ort-genai`
+    writes it) load with onnxruntime_genai.Model; ort-dynamic-int8 and
+    ort-optimum-int4 outputs with ORTModelForCausalLM.from_pretrained, and for
+    those two MODEL may also be an ONNX directory from `compress export onnx`.
     Calibration options are accepted for uniformity but unused: these methods
     need no calibration.
 
@@ -136,7 +156,7 @@ def command(model: str, method: str, keep, keep_first, keep_last, device, double
     Examples:
       compress quantize smollm2-135m-instruct --method ort-int8 -o out/ort-int8
       compress quantize out/pruned --method bnb-nf4 --keep-first 2 --keep-last 2 -o out/pruned-nf4
-      compress quantize out/onnx --method ort-int4 --block-size 32 -o out/ort-int4 \\
+      compress quantize out/onnx --method ort-optimum-int4 --block-size 32 -o out/ort-int4 \\
           --eval-text ../data/wiki.valid.tokens --eval-windows 4 --fail-on-damage
     """
     from ..devices import check_device
@@ -152,7 +172,11 @@ def command(model: str, method: str, keep, keep_first, keep_last, device, double
     _, evaluation = data_specs(data)
     onnx_input = is_onnx_directory(model)
     if onnx_input and method.startswith("bnb"):
-        raise UserError(f"{model} is an ONNX model; bitsandbytes needs a PyTorch checkpoint (use ort-int8/ort-int4)")
+        raise UserError(f"{model} is an ONNX model; bitsandbytes needs a PyTorch checkpoint "
+                        "(use ort-dynamic-int8/ort-optimum-int4)")
+    if onnx_input and method in FAST_GRAPH_METHODS:
+        raise UserError(f"{model} is an optimum ONNX export; {method} builds the fast graph from the PyTorch checkpoint "
+                        "(give that), or use ort-dynamic-int8/ort-optimum-int4 on this directory")
     source_path = Path(model).expanduser().resolve() if onnx_input else resolve_source(model).path
     check_output_path(output, force, source_path)
     config = load_config(model, trust_remote_code=trust_remote_code) if not onnx_input else _json_config(source_path)

@@ -5,6 +5,7 @@ from .bnb import BnbQuantize
 from .distillation import Distill, DropLayers
 from .gguf_export import GgufExport
 from .onnx_export import OnnxExport
+from .ort_genai_export import OrtGenaiExport
 from .ort_quant import OrtQuantize
 from .pruning import MagnitudePrune, WandaPrune
 from .sparsegpt import SparseGPTPrune
@@ -13,5 +14,5 @@ from .structured import ChannelPrune, HeadPrune, LayerDrop
 __all__ = [
     "REGISTRY", "CalibrationData", "Pass", "PassContext", "build_pass",
     "MagnitudePrune", "WandaPrune", "SparseGPTPrune", "ChannelPrune", "HeadPrune", "LayerDrop",
-    "Distill", "DropLayers", "BnbQuantize", "OnnxExport", "OrtQuantize", "GgufExport",
+    "Distill", "DropLayers", "BnbQuantize", "OnnxExport", "OrtQuantize", "GgufExport", "OrtGenaiExport",
 ]

@@ -7,5 +7,5 @@ from . import pruning  # noqa: F401
 from . import structured  # noqa: F401
 from . import sparsegpt  # noqa: F401
 from . import distillation  # noqa: F401
-from . import bnb, onnx_export, ort_quant  # noqa: F401
+from . import bnb, onnx_export, ort_quant, ort_genai_export  # noqa: F401
 from . import gguf_export  # noqa: F401

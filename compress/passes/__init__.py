@@ -3,6 +3,7 @@
 from .base import REGISTRY, CalibrationData, Pass, PassContext, build_pass
 from .bnb import BnbQuantize
 from .distillation import Distill, DropLayers
+from .gptq import GptqQuantize
 from .onnx_export import OnnxExport
 from .ort_quant import OrtQuantize
 from .pruning import MagnitudePrune, WandaPrune
@@ -12,5 +13,5 @@ from .structured import ChannelPrune, HeadPrune, LayerDrop
 __all__ = [
     "REGISTRY", "CalibrationData", "Pass", "PassContext", "build_pass",
     "MagnitudePrune", "WandaPrune", "SparseGPTPrune", "ChannelPrune", "HeadPrune", "LayerDrop",
-    "Distill", "DropLayers", "BnbQuantize", "OnnxExport", "OrtQuantize",
+    "Distill", "DropLayers", "BnbQuantize", "OnnxExport", "OrtQuantize", "GptqQuantize",
 ]

@@ -41,6 +41,14 @@ the fit sees the whole block as the error updates have left it so far. Later
 columns of the block are rounded with those parameters when the sweep gets to
 them.
 
+A pruned model loses its zeros to the error updates unless ``keep_sparsity:
+true``: then every weight that is exactly 0 gets the code of 0 (its block's
+zero point, so q4_1 / q5_1, whose blocks decode d * q + m, are refused) and
+its error is compensated by the weights that remain, as SparseGPT's joint
+sparsify-and-quantize mode does. Neither runtime skips zeros today, so this
+keeps a pruned model's pattern (for sparse kernels, or to measure it) at some
+cost in quality against letting GPTQ fill them.
+
 Only the projections inside the model are quantized (the output head and the
 embeddings are not: a tied head would change the embeddings too, and both are
 left to the writer). The saved output is a float checkpoint holding the grid
@@ -88,8 +96,15 @@ class GridWeights:
 
 @torch.no_grad()
 def gptq_quantize_matrix(w: torch.Tensor, hessian: torch.Tensor, grid: Grid, act_order: bool = False,
-                         block: int = 128, damp: float = 0.01, clip_search: bool = False) -> GridWeights:
-    """Round the (out, in) matrix `w` onto `grid`, GPTQ-style; `w` is not modified."""
+                         block: int = 128, damp: float = 0.01, clip_search: bool = False,
+                         zeros: torch.Tensor | None = None) -> GridWeights:
+    """Round the (out, in) matrix `w` onto `grid`, GPTQ-style; `w` is not modified.
+
+    `zeros` (bool, like `w`) marks weights that must stay exactly 0 (a pruned model's): they get the
+    code of 0 and their error is compensated like any other rounding's (SparseGPT's joint mode).
+    """
+    if zeros is not None and not grid.has_exact_zero:
+        raise ValueError(f"{grid.kind} has no exact zero in its blocks (d * q + m), so it cannot keep zeros")
     W = w.detach().float().clone()
     rows, K = W.shape
     bs, n_blocks = grid.block_size, grid.blocks(K)
@@ -116,9 +131,13 @@ def gptq_quantize_matrix(w: torch.Tensor, hessian: torch.Tensor, grid: Grid, act
         if not fitted[b]:
             members = torch.arange(b * bs, min(K, (b + 1) * bs), device=device)
             present = sweep.current(position[members])
+            if zeros is not None:
+                present[zeros[:, members]] = 0  # those will be 0: fit the block to what it will hold
             scales[:, b], offsets[:, b] = grid.fit(present, importance[members], clip_search)
             fitted[b] = True
         c = grid.encode(sweep.W1[:, i - sweep.i1], scales[:, b], offsets[:, b])
+        if zeros is not None:
+            c = torch.where(zeros[:, column], offsets[:, b], c)  # the zero point's code decodes to exactly 0
         codes[:, column] = c
         return grid.decode(c, scales[:, b], offsets[:, b])
 
@@ -131,10 +150,9 @@ def gptq_quantize_matrix(w: torch.Tensor, hessian: torch.Tensor, grid: Grid, act
 
 def output_error(w: torch.Tensor, q: torch.Tensor, hessian: torch.Tensor) -> float:
     """||(W - Q) X^T||^2 / ||W X^T||^2 on the calibration inputs, from H = X^T X / tokens."""
-    w, e = w.double(), (w - q).double()
-    H = hessian.double()
-    denominator = float(((w @ H) * w).sum())
-    return float(((e @ H) * e).sum()) / denominator if denominator else 0.0
+    w, e, H = w.float(), (w - q).float(), hessian.float()
+    denominator = float(((w @ H) * w).sum(dtype=torch.float64))
+    return float(((e @ H) * e).sum(dtype=torch.float64)) / denominator if denominator else 0.0
 
 
 def _shared_hessian_groups(targets: list[WeightMatrix], hessians: dict[str, torch.Tensor]):
@@ -165,6 +183,8 @@ class GptqQuantize(Pass):
                               "(speed only)")
     clip_search: bool = Field(False, description="per block, also try narrower ranges and keep the one with "
                               "the smallest Hessian-weighted rounding error")
+    keep_sparsity: bool = Field(False, description="weights that are exactly 0 (a pruned model's) stay 0, the "
+                                "other weights compensating; needs a grid with an exact zero (not q4_1 / q5_1)")
     sequential: bool = Field(True, description="collect each decoder block's Hessians on the outputs of the "
                              "blocks already quantized (false: one calibration pass of the float model)")
     include: list[str] | None = Field(None, description="glob patterns of module names to quantize "
@@ -173,7 +193,10 @@ class GptqQuantize(Pass):
 
     @model_validator(mode="after")
     def _valid_grid(self):
-        self.target_grid()
+        grid = self.target_grid()
+        if self.keep_sparsity and not grid.has_exact_zero:
+            raise ValueError(f"keep_sparsity needs a grid on which 0 is exact; {self.grid} decodes d * q + m "
+                             "(use q4_0, q5_0, q8_0 or int4 / int8)")
         return self
 
     def target_grid(self) -> Grid:
@@ -207,6 +230,7 @@ class GptqQuantize(Pass):
 
         windows = ctx.calibration_windows(artifact.tokenizer)
         per_layer: dict[str, dict[str, float]] = {}
+        zero_counts = [0, 0]  # exact zeros of the quantized matrices, before and after
         model = artifact.model
 
         def quantize_group(group: list[WeightMatrix], run) -> None:
@@ -214,8 +238,11 @@ class GptqQuantize(Pass):
             for shared in _shared_hessian_groups(group, hessians):
                 hessian = hessians[shared[0].name]
                 stacked = torch.cat([t.weight.detach().float() for t in shared])
+                zeros = (stacked == 0) if self.keep_sparsity else None
+                zero_counts[0] += int((stacked == 0).sum())
                 chosen = gptq_quantize_matrix(stacked, hessian, grid, self.act_order, self.update_block,
-                                              self.damp, self.clip_search)
+                                              self.damp, self.clip_search, zeros)
+                zero_counts[1] += int((chosen.values == 0).sum())
                 start = 0
                 for t in shared:
                     part = chosen.rows(start, start + t.out_features)
@@ -231,7 +258,9 @@ class GptqQuantize(Pass):
             prune_block_by_block(model, targets, windows, quantize_group, desc=self.name)
         else:
             quantize_group(targets, lambda: run_calibration(model, windows, f"{self.name} calibration"))
-        return self.report(grid, per_layer)
+        weights = sum(t.weight.numel() for t in targets)
+        return {**self.report(grid, per_layer), "sparsity_before": round(zero_counts[0] / weights, 6),
+                "sparsity_after": round(zero_counts[1] / weights, 6)}
 
     @staticmethod
     def _store(artifact: Artifact, t: WeightMatrix, chosen: GridWeights) -> None:

@@ -32,7 +32,8 @@ from .pruning import CalibratedPrune
 
 def _drop_mask(scores: torch.Tensor, count: int, scope: str) -> torch.Tensor:
     """True where a weight goes: the `count`-share smallest per row (row) or in the whole block (layer)."""
-    mask = torch.zeros_like(scores, dtype=torch.bool)
+    # Contiguous whatever the scores' layout (the sweep's batch is a transposed view): `layer` uses .view(-1).
+    mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
     if scope == "row":
         if count:
             mask.scatter_(1, torch.topk(scores, count, dim=1, largest=False).indices, True)

@@ -125,6 +125,11 @@ class Grid:
         return self.kind in ("q4_1", "q5_1")
 
     @property
+    def has_exact_zero(self) -> bool:
+        """Whether 0 is a point of every block's grid (its zero point's code); q4_1 / q5_1 decode d * q + m."""
+        return not self.uses_min
+
+    @property
     def code_range(self) -> tuple[int, int]:
         if self.kind == "q8_0":
             return -127, 127

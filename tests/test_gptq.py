@@ -154,6 +154,20 @@ def test_act_order_does_better_where_a_few_inputs_carry_most_of_the_energy():
     assert np.array_equal(dequantize_entry(ordered.entry()), ordered.values.numpy())
 
 
+@pytest.mark.parametrize("kind", ["q4_0", "q8_0", "int4"])
+def test_keep_sparsity_keeps_every_zero_of_a_pruned_matrix(kind):
+    W, _, H = correlated_layer(rows=16, cols=256)
+    W = W * (torch.rand(16, 64, 4, generator=torch.Generator().manual_seed(2)).argsort(-1) < 2).reshape(16, 256)
+    grid = Grid.named(kind, symmetric=False if kind == "int4" else None)
+    kept = gptq_quantize_matrix(W, H, grid, zeros=W == 0)
+    assert bool((kept.values[W == 0] == 0).all())
+    assert np.array_equal(dequantize_entry(kept.entry()), kept.values.numpy())
+    filled = gptq_quantize_matrix(W, H, grid)
+    assert int((filled.values[W == 0] != 0).sum()) > 0  # without it, the updates fill the zeros
+    with pytest.raises(ValueError, match="no exact zero"):
+        gptq_quantize_matrix(W, H, Grid.named("q4_1"), zeros=W == 0)
+
+
 def test_lazy_batches_do_not_change_the_result_beyond_rounding():
     W, _, H = correlated_layer(rows=16, cols=256)
     grid = Grid.named("q4_1")
@@ -249,6 +263,8 @@ def test_bad_configurations_are_refused_before_any_work(tiny_llama, ctx, tiny_to
         build_pass("gptq_quantize", {"grid": "q4_1", "symmetric": False})
     with pytest.raises(UserError, match="power of two"):
         build_pass("gptq_quantize", {"grid": "int8", "block_size": 48})
+    with pytest.raises(UserError, match="keep_sparsity needs a grid on which 0 is exact"):
+        build_pass("gptq_quantize", {"grid": "q5_1", "keep_sparsity": True})
     narrow = AutoModelForCausalLM.from_config(tiny_llama_config(len(tiny_tokenizer), hidden_size=48, head_dim=12,
                                                                 intermediate_size=96))
     with pytest.raises(UserError, match="divisible by 32; these are not: model.layers.0.self_attn.q_proj"):

@@ -14,12 +14,13 @@ from ..quant_grids import GGUF_TYPES, GRID_NAMES
 METHODS = ("bnb-int8", "bnb-nf4", "bnb-fp4", "ort-int8", "ort-int4", "gptq")
 # Options of --method gptq only, as (parameter, flag): refused with the other methods.
 GPTQ_ONLY = (("grid", "--grid"), ("asymmetric", "--asymmetric"), ("act_order", "--act-order"),
-             ("clip_search", "--clip-search"), ("damp", "--damp"), ("sequential", "--sequential/--one-shot"))
+             ("clip_search", "--clip-search"), ("damp", "--damp"), ("sequential", "--sequential/--one-shot"),
+             ("keep_sparsity", "--keep-sparsity"))
 
 
 def build_gptq_pass(grid: str | None, block_size: int, asymmetric: bool, act_order: bool, clip_search: bool,
-                    damp: float | None, sequential: bool | None, keep: tuple[str, ...], keep_first, keep_last,
-                    int4_algorithm: str, reduce_range: bool):
+                    damp: float | None, sequential: bool | None, keep_sparsity: bool, keep: tuple[str, ...],
+                    keep_first, keep_last, int4_algorithm: str, reduce_range: bool):
     """The gptq_quantize pass for `--method gptq`, validated (one-line UserError on a bad combination)."""
     from ..errors import UserError
     from ..passes.base import build_pass
@@ -35,7 +36,7 @@ def build_gptq_pass(grid: str | None, block_size: int, asymmetric: bool, act_ord
     if int4_algorithm != "rtn" or reduce_range:
         raise UserError("--int4-algorithm and --reduce-range apply to ort-int4 / ort-int8, not to --method gptq")
     config = {"grid": grid, "block_size": block_size, "act_order": act_order, "clip_search": clip_search,
-              "exclude": list(keep) or None}
+              "keep_sparsity": keep_sparsity, "exclude": list(keep) or None}
     if asymmetric:
         config["symmetric"] = False
     if damp is not None:
@@ -151,11 +152,13 @@ def guard_options(f):
 @click.option("--damp", type=float, default=None, help="gptq: Hessian dampening, a share of its mean diagonal [0.01].")
 @click.option("--sequential/--one-shot", default=None,
               help="gptq: calibrate block by block on the quantized blocks' outputs (default) or in one pass.")
+@click.option("--keep-sparsity", is_flag=True,
+              help="gptq: weights that are exactly 0 (a pruned model's) stay 0 (not with q4_1 / q5_1).")
 @guard_options
 @data_options
 @output_options
 def command(model: str, method: str, keep, keep_first, keep_last, device, double_quant, compute_dtype, block_size,
-            reduce_range, int4_algorithm, grid, asymmetric, act_order, clip_search, damp, sequential,
+            reduce_range, int4_algorithm, grid, asymmetric, act_order, clip_search, damp, sequential, keep_sparsity,
             max_kl, min_top1, fail_on_damage, output, force, **data) -> None:
     """Quantize MODEL and check the result against it on evaluation text.
 
@@ -188,10 +191,10 @@ def command(model: str, method: str, keep, keep_first, keep_last, device, double
     from ..passes.base import PassContext
 
     gptq_options = {"grid": grid, "asymmetric": asymmetric, "act_order": act_order, "clip_search": clip_search,
-                    "damp": damp, "sequential": sequential}
+                    "damp": damp, "sequential": sequential, "keep_sparsity": keep_sparsity}
     if method == "gptq":
-        quant = build_gptq_pass(grid, block_size, asymmetric, act_order, clip_search, damp, sequential, keep,
-                                keep_first, keep_last, int4_algorithm, reduce_range)
+        quant = build_gptq_pass(grid, block_size, asymmetric, act_order, clip_search, damp, sequential,
+                                keep_sparsity, keep, keep_first, keep_last, int4_algorithm, reduce_range)
     else:
         given = [flag for name, flag in GPTQ_ONLY if gptq_options[name] not in (None, False)]
         if given:

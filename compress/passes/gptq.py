@@ -235,7 +235,7 @@ class GptqQuantize(Pass):
 
         def quantize_group(group: list[WeightMatrix], run) -> None:
             hessians = collect_hessians(group, run)
-            for shared in _shared_hessian_groups(group, hessians):
+            for shared in progress(_shared_hessian_groups(group, hessians), desc=self.name, unit="group"):
                 hessian = hessians[shared[0].name]
                 stacked = torch.cat([t.weight.detach().float() for t in shared])
                 zeros = (stacked == 0) if self.keep_sparsity else None

@@ -191,9 +191,9 @@ def test_clip_search_never_raises_the_rounding_error_of_a_block():
 
 @pytest.mark.parametrize("config", [
     {"grid": "q4_0"},
-    {"grid": "q4_1", "act_order": True},
+    {"grid": "q4_1", "act_order": False},
     {"grid": "int4", "block_size": 64, "symmetric": False, "sequential": False},
-], ids=["q4_0", "q4_1-act-order", "int4-asym-64-one-shot"])
+], ids=["q4_0", "q4_1-left-to-right", "int4-asym-64-one-shot"])
 def test_the_pass_sets_grid_weights_and_records_their_blocks(tiny_model_dir, ctx, config):
     from compress.models import load_artifact
 
@@ -288,7 +288,8 @@ def test_the_command_line_writes_grid_weights_and_blocks(tiny_llama_dir, tmp_pat
     (["--method", "gptq"], "needs --grid"),
     (["--method", "gptq", "--grid", "q4_1", "--asymmetric"], "--asymmetric applies to the int4/int8 grids"),
     (["--method", "gptq", "--grid", "int4", "--keep-first", "1"], "--keep-first/--keep-last"),
-    (["--method", "ort-int4", "--act-order"], "--act-order only applies to --method gptq"),
+    (["--method", "ort-int4", "--act-order"], "--act-order/--no-act-order only applies to --method gptq"),
+    (["--method", "bnb-nf4", "--no-act-order"], "--act-order/--no-act-order only applies to --method gptq"),
     (["--method", "gptq", "--grid", "q4_0", "--int4-algorithm", "hqq"], "--int4-algorithm"),
 ])
 def test_bad_option_combinations_are_one_line_errors(tiny_llama_dir, tmp_path, capsys, args, message):

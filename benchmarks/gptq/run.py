@@ -11,10 +11,13 @@ accuracy_level 4 also round the activations to 8 bits, which this does not
 show: the runtime's own numbers come from `compress bench` on the exported
 files). ``rtn`` is the runtime's own round-to-nearest choice (the same block
 parameters as llama.cpp's / ONNX Runtime's quantizer, nearest codes on the
-stored grid). Columns: perplexity as a multiple of the base's, mean
-KL(base || variant), top-1 agreement; out of domain on WikiText-2 valid
-(tokenized), which calibration (the built-in corpus's calibration half) never
-reads, and in domain on the built-in corpus's evaluation half.
+stored grid); ``rtn-clip`` adds the per-block range search (data-free). Columns: perplexity as a multiple of the base's, mean
+KL(base || variant), top-1 agreement, on WikiText-2 valid (tokenized) and on
+the built-in corpus's evaluation half. Calibration is the built-in corpus's
+calibration half by default (WikiText-2 is then out of domain and wholly
+unseen); ``--calib-text wiki`` calibrates on WikiText-2 valid's calibration
+half instead and evaluates on its other half (in domain; the built-in column
+becomes the out-of-domain one).
 
 ``--save DIR`` keeps each GPTQ output (checkpoint + quantized_blocks.safetensors)
 for `compress export gguf` / the fast ONNX Runtime writer and `compress bench`.
@@ -36,7 +39,8 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
 WIKI = ROOT.parent / "shared" / "data" / "wikitext-2" / "wiki.valid.tokens"
-VARIANTS = {"rtn": None, "gptq": {}, "gptq-act": {"act_order": True},
+# None: round-to-nearest without calibration ({"clip_search": True}: with the data-free range search).
+VARIANTS = {"rtn": None, "rtn-clip": None, "gptq": {"act_order": False}, "gptq-act": {"act_order": True},
             "gptq-act-clip": {"act_order": True, "clip_search": True}}
 
 
@@ -46,8 +50,12 @@ def parse_args(argv=None):
     ap.add_argument("--grid", default="q4_0", help="q4_0, q4_1, q5_0, q5_1, q8_0, int4, int8")
     ap.add_argument("--block-size", type=int, default=None)
     ap.add_argument("--asymmetric", action="store_true")
+    ap.add_argument("--damp", type=float, default=None, help="GPTQ Hessian dampening (default: the pass's)")
     ap.add_argument("--variants", default="rtn,gptq,gptq-act", help=f"comma-separated: {', '.join(VARIANTS)}")
     ap.add_argument("--wiki", default=str(WIKI))
+    ap.add_argument("--calib-text", default="builtin",
+                    help="calibration text, its calibration half ('wiki': WikiText-2 valid's; its evaluation then "
+                         "uses the other half)")
     ap.add_argument("--calib-samples", type=int, default=32)
     ap.add_argument("--calib-seq-len", type=int, default=512)
     ap.add_argument("--eval-windows", type=int, default=16)
@@ -65,6 +73,10 @@ def parse_args(argv=None):
     return args
 
 
+def calibration_source(args) -> str:
+    return args.wiki if args.calib_text == "wiki" else args.calib_text
+
+
 def build(name: str, args, base):
     """The variant and the seconds it took to build."""
     import torch
@@ -80,11 +92,13 @@ def build(name: str, args, base):
         variant = base.copy()
         with torch.no_grad():
             for t in weight_matrices(variant.model):
-                t.weight.copy_(grid.round_to_nearest(t.weight)[0])
+                t.weight.copy_(grid.round_to_nearest(t.weight, clip_search=name == "rtn-clip")[0])
     else:
+        options = {**VARIANTS[name], **({"damp": args.damp} if args.damp is not None else {})}
         gptq = GptqQuantize(grid=args.grid, block_size=args.block_size,
-                            symmetric=False if args.asymmetric else None, **VARIANTS[name])
-        calibration = CalibrationData(samples=args.calib_samples, seq_len=args.calib_seq_len)
+                            symmetric=False if args.asymmetric else None, **options)
+        calibration = CalibrationData(source=calibration_source(args), samples=args.calib_samples,
+                                      seq_len=args.calib_seq_len)
         variant = gptq(base, PassContext(calibration=calibration))
     return variant, time.perf_counter() - start
 
@@ -102,15 +116,19 @@ def main(argv=None) -> None:
     from compress.saving import library_versions, save_artifact
 
     base = load_artifact(args.model)
+    # WikiText-2 is wholly unseen unless it is the calibration text; then only its evaluation half is used.
+    wiki_split = "evaluation" if calibration_source(args) == args.wiki else "all"
     windows = {
-        "wikitext2": EvaluationData(source=args.wiki, split="all", windows=args.eval_windows,
+        "wikitext2": EvaluationData(source=args.wiki, split=wiki_split, windows=args.eval_windows,
                                     seq_len=args.eval_seq_len).load(base.tokenizer),
         "builtin": EvaluationData(source="builtin", split="evaluation", windows=args.eval_windows,
                                   seq_len=args.eval_seq_len).load(base.tokenizer),
     }
     results_dir = Path(args.results)
     results_dir.mkdir(parents=True, exist_ok=True)
-    label = args.grid + (f"-b{args.block_size}" if args.block_size else "") + ("-asym" if args.asymmetric else "")
+    label = args.grid + (f"-b{args.block_size}" if args.block_size else "") + ("-asym" if args.asymmetric else "") \
+        + ("" if args.calib_text == "builtin" else f"-calib-{Path(args.calib_text).stem}") \
+        + ("" if args.damp is None else f"-damp{args.damp:g}")
     rows = []
     for name in args.variants.split(","):
         variant, seconds = build(name, args, base)
@@ -128,6 +146,7 @@ def main(argv=None) -> None:
         print(json.dumps(row), flush=True)
         del variant
     record = {"command": "python benchmarks/gptq/run.py " + " ".join(sys.argv[1:]), "date": dt.date.today().isoformat(),
+              "calibration": calibration_source(args),
               "cpu": cpu_model(), "torch_threads": torch.get_num_threads(), "versions": library_versions(),
               "eval_data": {d: w.provenance for d, w in windows.items()}, "smoke": args.smoke, "rows": rows}
     (results_dir / f"{label}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")

@@ -12,13 +12,13 @@ from ..cli_options import data_options, data_specs, output_options
 from ..quant_grids import GGUF_TYPES, GRID_NAMES
 
 METHODS = ("bnb-int8", "bnb-nf4", "bnb-fp4", "ort-int8", "ort-int4", "gptq")
-# Options of --method gptq only, as (parameter, flag): refused with the other methods.
-GPTQ_ONLY = (("grid", "--grid"), ("asymmetric", "--asymmetric"), ("act_order", "--act-order"),
+# Options of --method gptq only, as (parameter, flag): refused with the other methods when given.
+GPTQ_ONLY = (("grid", "--grid"), ("asymmetric", "--asymmetric"), ("act_order", "--act-order/--no-act-order"),
              ("clip_search", "--clip-search"), ("damp", "--damp"), ("sequential", "--sequential/--one-shot"),
              ("keep_sparsity", "--keep-sparsity"))
 
 
-def build_gptq_pass(grid: str | None, block_size: int, asymmetric: bool, act_order: bool, clip_search: bool,
+def build_gptq_pass(grid: str | None, block_size: int, asymmetric: bool, act_order: bool | None, clip_search: bool,
                     damp: float | None, sequential: bool | None, keep_sparsity: bool, keep: tuple[str, ...],
                     keep_first, keep_last, int4_algorithm: str, reduce_range: bool):
     """The gptq_quantize pass for `--method gptq`, validated (one-line UserError on a bad combination)."""
@@ -35,8 +35,10 @@ def build_gptq_pass(grid: str | None, block_size: int, asymmetric: bool, act_ord
                         "with --keep GLOB")
     if int4_algorithm != "rtn" or reduce_range:
         raise UserError("--int4-algorithm and --reduce-range apply to ort-int4 / ort-int8, not to --method gptq")
-    config = {"grid": grid, "block_size": block_size, "act_order": act_order, "clip_search": clip_search,
-              "keep_sparsity": keep_sparsity, "exclude": list(keep) or None}
+    config = {"grid": grid, "block_size": block_size, "clip_search": clip_search, "keep_sparsity": keep_sparsity,
+              "exclude": list(keep) or None}
+    if act_order is not None:
+        config["act_order"] = act_order
     if asymmetric:
         config["symmetric"] = False
     if damp is not None:
@@ -145,8 +147,9 @@ def guard_options(f):
               help="gptq: the runtime grid: GGUF q4_0/q4_1/q5_0/q5_1/q8_0 (llama.cpp), or int4/int8 (ONNX Runtime "
                    "MatMulNBits).")
 @click.option("--asymmetric", is_flag=True, help="gptq int4/int8: per-block zero points (default: symmetric).")
-@click.option("--act-order", is_flag=True,
-              help="gptq: round columns by decreasing Hessian diagonal (blocks stay the runtime's contiguous ones).")
+@click.option("--act-order/--no-act-order", default=None,
+              help="gptq: round columns by decreasing Hessian diagonal (default; blocks stay the runtime's "
+                   "contiguous ones) or left to right.")
 @click.option("--clip-search", is_flag=True,
               help="gptq: per block, also try narrower ranges and keep the one with the smallest weighted error.")
 @click.option("--damp", type=float, default=None, help="gptq: Hessian dampening, a share of its mean diagonal [0.01].")
@@ -180,7 +183,7 @@ def command(model: str, method: str, keep, keep_first, keep_last, device, double
       compress quantize out/pruned --method bnb-nf4 --keep-first 2 --keep-last 2 -o out/pruned-nf4
       compress quantize out/onnx --method ort-int4 --block-size 32 -o out/ort-int4 \\
           --eval-text ../data/wiki.valid.tokens --eval-windows 4 --fail-on-damage
-      compress quantize smollm2-135m-instruct --method gptq --grid q4_0 --act-order -o out/gptq-q4_0
+      compress quantize smollm2-135m-instruct --method gptq --grid q4_0 -o out/gptq-q4_0
       compress quantize smollm2-135m-instruct --method gptq --grid int4 --block-size 64 -o out/gptq-int4
     """
     from ..errors import UserError
@@ -190,13 +193,13 @@ def command(model: str, method: str, keep, keep_first, keep_last, device, double
 
     from ..passes.base import PassContext
 
-    gptq_options = {"grid": grid, "asymmetric": asymmetric, "act_order": act_order, "clip_search": clip_search,
-                    "damp": damp, "sequential": sequential, "keep_sparsity": keep_sparsity}
     if method == "gptq":
         quant = build_gptq_pass(grid, block_size, asymmetric, act_order, clip_search, damp, sequential,
                                 keep_sparsity, keep, keep_first, keep_last, int4_algorithm, reduce_range)
     else:
-        given = [flag for name, flag in GPTQ_ONLY if gptq_options[name] not in (None, False)]
+        ctx = click.get_current_context()
+        given = [flag for name, flag in GPTQ_ONLY
+                 if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
         if given:
             raise UserError(f"{', '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} to --method gptq, "
                             f"not to {method}")

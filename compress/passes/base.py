@@ -49,6 +49,14 @@ class PassContext:
             self._calibration_cache[key] = self.calibration.windows(tokenizer)
         return self._calibration_cache[key]
 
+    def calibration_record(self) -> dict:
+        """The calibration spec, plus what was read (source, licence, hash, tokens) once windows were loaded."""
+        record = self.calibration.model_dump()
+        loaded = list(self._calibration_cache.values())
+        if loaded:
+            record["data"] = loaded[-1].provenance
+        return record
+
 
 class Pass(BaseModel):
     """One transformation of an Artifact. Subclasses set `name` and implement `apply`."""
@@ -76,7 +84,7 @@ class Pass(BaseModel):
         metrics = self.apply(result, ctx) or {}
         seconds = time.perf_counter() - start
         if self.needs_calibration:
-            metrics.setdefault("calibration", ctx.calibration.model_dump())
+            metrics.setdefault("calibration", ctx.calibration_record())
         result.record_pass(self.name, self.config(), metrics, seconds)
         return result
 

@@ -97,3 +97,13 @@ def test_domain_relation_says_whether_calibration_and_evaluation_share_a_corpus(
     assert domain_relation(TextSpec(source="mixed", split="calibration"), evaluation) == "shares a corpus"
     assert domain_relation(TextSpec(source="wikipedia-leads", split="calibration"), evaluation) == "different corpora"
     assert domain_relation(TextSpec(source=str(text_file), split="calibration"), evaluation) == "different corpora"
+
+
+def test_the_default_calibration_is_mixed_and_never_overlaps_the_default_evaluation():
+    from compress.passes.base import CalibrationData
+    from compress.recipe import EvaluationData
+
+    calibration, evaluation = CalibrationData(), EvaluationData()
+    assert calibration.source == "mixed" and calibration.split == "calibration"
+    check_disjoint(calibration, evaluation)
+    assert domain_relation(calibration, evaluation) == "shares a corpus"

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..artifact import Artifact
-from ..data import TextSpec, Windows, WindowSpec, load_windows
+from ..data import DEFAULT_CALIBRATION, TextSpec, Windows, WindowSpec, load_windows
 from ..errors import UserError
 from ..progress import log
 
@@ -23,8 +23,9 @@ REGISTRY: dict[str, type["Pass"]] = {}
 
 
 class CalibrationData(TextSpec):
-    """Calibration text: by default the built-in corpus's calibration half, 32 samples of 512 tokens."""
+    """Calibration text: by default the calibration part of `mixed` (docs/calibration.md), 32 samples of 512 tokens."""
 
+    source: str = DEFAULT_CALIBRATION
     split: str = "calibration"  # type: ignore[assignment]
     seq_len: int = Field(512, ge=2)
     samples: int = Field(32, ge=1)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .genai_model import GENAI_CONFIG
 
 ONNX_FILE = "model.onnx"
 _ONNX_GLOBS = ("*.onnx", "*.onnx_data", "*.onnx.data")
@@ -129,6 +130,13 @@ class OnnxCausalLM:
         return f"OnnxCausalLM({str(self.directory)!r}, provider={self.provider!r})"
 
 
+def copy_files(source: Path, target: Path) -> None:
+    """Copy the files (not subdirectories) of `source` into `target`."""
+    for item in Path(source).iterdir():
+        if item.is_file():
+            shutil.copy2(item, Path(target) / item.name)
+
+
 def write_onnx_directory(artifact, directory: Path) -> None:
     """Artifact writer: model.onnx (+ external data), config, generation config, tokenizer.
 
@@ -137,9 +145,7 @@ def write_onnx_directory(artifact, directory: Path) -> None:
     model = artifact.model
     if not isinstance(model, OnnxCausalLM):
         raise TypeError(f"write_onnx_directory needs an OnnxCausalLM, got {type(model).__name__}")
-    for item in model.directory.iterdir():
-        if item.is_file():
-            shutil.copy2(item, Path(directory) / item.name)
+    copy_files(model.directory, directory)
     if artifact.tokenizer is not None:
         artifact.tokenizer.save_pretrained(directory)
 
@@ -149,8 +155,9 @@ def is_onnx(artifact) -> bool:
 
 
 def is_onnx_directory(ref: str) -> bool:
+    """An optimum ONNX export (an onnxruntime-genai directory, which also holds model.onnx, is not one)."""
     path = Path(str(ref)).expanduser()
-    return path.is_dir() and (path / ONNX_FILE).is_file()
+    return path.is_dir() and (path / ONNX_FILE).is_file() and not (path / GENAI_CONFIG).is_file()
 
 
 def load_onnx_artifact(ref: str):

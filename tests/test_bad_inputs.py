@@ -281,6 +281,8 @@ CASES = [
          "bert (BertForMaskedLM) model, which compress does not support; supported: Llama (llama), GPT-2 (gpt2)"),
     Case("quantize-bert-folder", 6, lambda e: ["quantize", str(e.bert), "--method", "bnb-int8", "-o", "out"],
          "which compress does not support"),
+    Case("target-kl-bert-folder", 6, lambda e: ["quantize", str(e.bert), "--target-kl", "0.02", "-o", "out.gguf"],
+         "bert (BertForMaskedLM) model, which compress does not support"),
     Case("distill-bert-teacher", 6,
          lambda e: ["distill", "--teacher", str(e.bert), "--student-layers", "1", "-o", "out"],
          "which compress does not support"),

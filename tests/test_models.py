@@ -100,16 +100,69 @@ def test_converted_gguf_is_reused_from_the_cache(tmp_path, isolated_cache, tiny_
     import compress.models as models
 
     key_dir = models.compress_cache_dir() / "gguf"
-    digest = models._file_digest(gguf)[:12]
-    shutil.copytree(tiny_llama_dir, key_dir / f"model-{digest}")
+    shutil.copytree(tiny_llama_dir, key_dir / models.converted_gguf_key(gguf))
     def no_conversion(*args, **kwargs):
         raise AssertionError("the cached conversion should have been reused")
 
     monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", no_conversion)
-    assert converted_gguf_dir(gguf) == key_dir / f"model-{digest}"
+    assert converted_gguf_dir(gguf) == key_dir / models.converted_gguf_key(gguf)
 
 
 def test_dtype_option_loads_in_that_dtype(tiny_llama_dir):
     assert load_artifact(str(tiny_llama_dir), dtype="bfloat16").model.dtype == torch.bfloat16
     with pytest.raises(UserError, match="unknown dtype"):
         load_artifact(str(tiny_llama_dir), dtype="int3")
+
+
+def _gguf_with_tokenizer_keys(path, model="gpt2", pre="smollm"):
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_string("tokenizer.ggml.model", model)
+    writer.add_string("tokenizer.ggml.pre", pre)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_tokenizer_converted_from_a_gguf_splits_digits_when_the_gguf_says_smollm(tmp_path):
+    import json
+
+    from compress.models import repair_gguf_tokenizer
+
+    spec = {"pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": True},
+            "decoder": {"type": "Sequence", "decoders": [{"type": "ByteFallback"}, {"type": "Fuse"}]}, "model": {}}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    changed = repair_gguf_tokenizer(tmp_path / "tokenizer.json", _gguf_with_tokenizer_keys(tmp_path / "m.gguf"))
+    fixed = json.loads((tmp_path / "tokenizer.json").read_text())
+    assert fixed["pre_tokenizer"]["pretokenizers"][0] == {"type": "Digits", "individual_digits": True}
+    assert fixed["decoder"]["type"] == "ByteLevel" and len(changed) == 2
+    # Nothing to do the second time; a SentencePiece vocabulary is never touched.
+    assert repair_gguf_tokenizer(tmp_path / "tokenizer.json", tmp_path / "m.gguf") == []
+    (tmp_path / "sp").mkdir()
+    (tmp_path / "sp" / "tokenizer.json").write_text(json.dumps(spec))
+    assert repair_gguf_tokenizer(tmp_path / "sp" / "tokenizer.json",
+                                 _gguf_with_tokenizer_keys(tmp_path / "sp.gguf", model="llama")) == []
+
+
+@pytest.mark.integration
+def test_the_builtin_tokenizer_tokenizes_digits_as_llama_cpp_does_on_the_original_gguf():
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from transformers import AutoTokenizer
+
+    from compress.llamacpp_runtime import ensure_cpu_backend
+    from compress.models import DEFAULT_MODEL, builtin_gguf_path, converted_gguf_dir
+
+    gguf_path = builtin_gguf_path(DEFAULT_MODEL)
+    tokenizer = AutoTokenizer.from_pretrained(converted_gguf_dir(gguf_path))
+    text = "In 2019, 1,234 people paid $56.78 each.\n\n 42 is the answer; the year 1999 was \"fine\"."
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ensure_cpu_backend()
+    vocab = llama_cpp.Llama(str(gguf_path), vocab_only=True, verbose=False)
+    try:
+        assert vocab.tokenize(text.encode(), add_bos=False, special=False) == ids
+    finally:
+        vocab.close()
+    assert tokenizer.decode(ids) == text

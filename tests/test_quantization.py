@@ -214,7 +214,21 @@ def test_cli_quantize_records_the_guard_in_the_manifest(tiny_llama_dir, text_fil
     manifest = json.loads((out / "compress.json").read_text())
     quality = manifest["metrics"]["quality"]
     assert {"kl_mean", "top1_agreement", "limits", "passed"} <= quality.keys()
-    assert manifest["passes"][-1]["config"]["method"] == "int8"
+    # ort-int8 is the fast graph's weight-only int8 (MatMulNBits, int8 compute)
+    record = manifest["passes"][-1]
+    assert record["name"] == "ort_genai_export" and record["config"]["precision"] == "int8"
+    assert record["metrics"]["quantized_ops"]["MatMulNBits/8bit"] > 0 and quality["passed"]
+
+
+def test_the_former_int8_of_ort_quantize_is_dynamic_int8_under_its_clear_name():
+    from compress.commands.quantize import build_quantize_pass
+
+    assert OrtQuantize(method="int8").method == "dynamic-int8"  # old recipes keep working, recorded by the new name
+    dynamic = build_quantize_pass("ort-dynamic-int8", (), None, None, "cpu", True, "float32", 32, False)
+    assert dynamic.name == "ort_quantize" and dynamic.method == "dynamic-int8"
+    assert build_quantize_pass("ort-optimum-int4", (), None, None, "cpu", True, "float32", 32, False).method == "int4"
+    with pytest.raises(UserError, match="--keep, --reduce-range are not for ort-int8"):
+        build_quantize_pass("ort-int8", ("*.mlp.down_proj",), None, None, "cpu", True, "float32", 32, True)
 
 
 def test_cli_fail_on_damage_exits_3_and_writes_nothing(tiny_llama_dir, text_file, tmp_path, capsys):
@@ -242,6 +256,9 @@ def test_cli_bad_combinations_are_one_line_errors(tiny_llama_dir, tmp_path, caps
                  "-o", str(tmp_path / "y"), "--eval-text", "none"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "power of two" in err
+    code = main(["-q", "quantize", str(onnx_dir), "--method", "ort-int8", "-o", str(tmp_path / "z")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "builds the fast graph from the PyTorch checkpoint" in err
 
 
 def test_cli_quantizes_an_exported_onnx_directory(tiny_llama_dir, tmp_path):
@@ -252,7 +269,7 @@ def test_cli_quantizes_an_exported_onnx_directory(tiny_llama_dir, tmp_path):
     onnx_dir = tmp_path / "onnx"
     assert main(["-q", "export", "onnx", str(tiny_llama_dir), "-o", str(onnx_dir)]) == 0
     out = tmp_path / "int4"
-    assert main(["-q", "quantize", str(onnx_dir), "--method", "ort-int4", "--block-size", "16", "-o", str(out),
+    assert main(["-q", "quantize", str(onnx_dir), "--method", "ort-optimum-int4", "--block-size", "16", "-o", str(out),
                  "--eval-text", "none"]) == 0
     assert (onnx_dir / "model.onnx").is_file()  # the input is only read
     ORTModelForCausalLM.from_pretrained(out)
@@ -291,7 +308,7 @@ def test_quantization_recipes_parse(path):
     from compress.recipe import Recipe
 
     recipe = Recipe.from_yaml(path)
-    assert recipe.passes and recipe.passes[-1].name in ("bnb_quantize", "ort_quantize")
+    assert recipe.passes and recipe.passes[-1].name in ("bnb_quantize", "ort_quantize", "ort_genai_export")
 
 
 @pytest.mark.integration

@@ -49,6 +49,7 @@ DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16":
 BACKEND_MODULES: dict[str, str] = {
     "pytorch-sparse24": "compress.bench.sparse24",
     "llamacpp": "compress.bench.llamacpp_backend",
+    "ort-genai": "compress.bench.ort_genai",
 }
 
 _REGISTRY: dict[str, "Backend"] = {}

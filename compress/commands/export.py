@@ -1,5 +1,5 @@
-"""`compress export onnx` (an ONNX directory that ORTModelForCausalLM loads) and `compress export gguf`
-(one GGUF file for llama.cpp), each checked against PyTorch."""
+"""`compress export onnx|gguf|ort-genai`: an ONNX directory for optimum's ORTModelForCausalLM, one GGUF file
+for llama.cpp, or the fast ONNX Runtime graph for onnxruntime-genai; each checked against PyTorch."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ def command() -> None:
     Examples:
       compress export onnx smollm2-135m-instruct -o out/onnx
       compress export gguf smollm2-135m-instruct --type q8_0 -o out/base-q8_0.gguf
+      compress export ort-genai smollm2-135m-instruct --precision int8 -o out/genai-int8
     """
 
 
@@ -39,13 +40,20 @@ def onnx_command(model: str, opset: int | None, no_check: bool, output: str, for
     Examples:
       compress export onnx smollm2-135m-instruct -o out/onnx
       compress export onnx out/pruned -o out/pruned-onnx --force
-      compress quantize out/onnx --method ort-int8 -o out/onnx-int8
+      compress quantize out/onnx --method ort-dynamic-int8 -o out/onnx-int8
     """
+    export_and_save("onnx_export", {"opset": opset, "check": not no_check}, model, output, force, trust_remote_code)
+    click.echo(f"saved to {output}")
+
+
+def export_and_save(pass_name: str, config: dict, model: str, output: str, force: bool,
+                    trust_remote_code: bool = False) -> dict:
+    """Validate the export pass, check the output path, export MODEL, save; echo the check. Returns its metrics."""
     from ..models import load_artifact, resolve_source
     from ..passes.base import build_pass
     from ..saving import check_output_path, save_artifact
 
-    export = build_pass("onnx_export", {"opset": opset, "check": not no_check})
+    export = build_pass(pass_name, config)
     check_output_path(output, force, resolve_source(model).path)
     result = export(load_artifact(model, trust_remote_code=trust_remote_code))
     save_artifact(result, output, force=force)
@@ -53,7 +61,7 @@ def onnx_command(model: str, opset: int | None, no_check: bool, output: str, for
     if "max_abs_logit_diff" in metrics:
         click.echo(f"checked against PyTorch: max logit difference {metrics['max_abs_logit_diff']:.2e}, "
                    f"greedy generation match {metrics['generation_match']:.0%}")
-    click.echo(f"saved to {output}")
+    return metrics
 
 
 def _parse_overrides(values: tuple[str, ...]) -> dict[str, str]:
@@ -116,3 +124,41 @@ def gguf_command(model: str, type_name: str, overrides: tuple[str, ...], no_chec
     elif check:
         click.echo(f"not checked in llama.cpp: {check.get('reason')}")
     click.echo(f"saved to {path}")
+
+
+@command.command("ort-genai")
+@click.argument("model")
+@click.option("--precision", type=click.Choice(["fp32", "int8", "int4"]), default="int8", show_default=True,
+              help="int8/int4: weight-only MatMulNBits (block-wise scales); fp32: the same graph unquantized.")
+@click.option("--block-size", type=int, default=32, show_default=True, help="int8/int4: weights per scale.")
+@click.option("--accuracy-level", type=click.IntRange(0, 4), default=4, show_default=True,
+              help="int8/int4: MatMulNBits compute type; 4 = int8 activations, 1 = float32.")
+@click.option("--head-precision", type=click.Choice(["same", "int8"]), default="same", show_default=True,
+              help="int4: keep the (tied) head and embedding at 8 bits.")
+@click.option("--algorithm", type=click.Choice(["default", "k_quant"]), default="default", show_default=True,
+              help="int4: how the 4-bit codes are chosen (round-to-nearest, or k-quant's scale search).")
+@click.option("--no-check", is_flag=True, help="Skip the comparison with the PyTorch model's logits and generation.")
+@trust_remote_code_option
+@output_options
+def ort_genai_command(model: str, precision: str, block_size: int, accuracy_level: int, head_precision: str,
+                      algorithm: str, no_check: bool, output: str, force: bool, trust_remote_code: bool) -> None:
+    """Export MODEL to the fast ONNX Runtime LLM graph (onnxruntime-genai's model builder).
+
+    The graph has grouped-query attention with fused rotary embeddings, packed
+    QKV, fused skip + RMS norms and, at int8/int4, MatMulNBits weights with
+    int8 compute; a tied head is quantized and shared with the embedding.
+    Afterwards it is compared with MODEL on a fixed input (logits, and greedy
+    generation through onnxruntime-genai); a wrong fp32 export is refused.
+    The output loads with onnxruntime_genai.Model(OUTPUT) and holds compress.json.
+
+    \b
+    Examples:
+      compress export ort-genai smollm2-135m-instruct -o out/genai-int8
+      compress export ort-genai out/mlp25 --precision int4 -o out/mlp25-genai-int4
+      compress bench out/genai-int8 -o bench-results/genai
+    """
+    metrics = export_and_save("ort_genai_export", {
+        "precision": precision, "block_size": block_size, "accuracy_level": accuracy_level,
+        "head_precision": head_precision, "algorithm": algorithm, "check": not no_check}, model, output, force,
+        trust_remote_code)
+    click.echo(f"saved to {output} ({metrics['onnx_bytes'] / 2**20:.1f} MiB of graph)")

@@ -4,7 +4,9 @@ from .base import REGISTRY, CalibrationData, Pass, PassContext, build_pass
 from .bnb import BnbQuantize
 from .distillation import Distill, DropLayers
 from .gguf_export import GgufExport
+from .gptq import GptqQuantize
 from .onnx_export import OnnxExport
+from .ort_genai_export import OrtGenaiExport
 from .ort_quant import OrtQuantize
 from .pruning import MagnitudePrune, WandaPrune
 from .sparsegpt import SparseGPTPrune
@@ -13,5 +15,5 @@ from .structured import ChannelPrune, HeadPrune, LayerDrop
 __all__ = [
     "REGISTRY", "CalibrationData", "Pass", "PassContext", "build_pass",
     "MagnitudePrune", "WandaPrune", "SparseGPTPrune", "ChannelPrune", "HeadPrune", "LayerDrop",
-    "Distill", "DropLayers", "BnbQuantize", "OnnxExport", "OrtQuantize", "GgufExport",
+    "Distill", "DropLayers", "BnbQuantize", "OnnxExport", "OrtQuantize", "GgufExport", "OrtGenaiExport", "GptqQuantize",
 ]

@@ -82,7 +82,9 @@ class OnnxExport(Pass):
 
     def apply(self, artifact, ctx: PassContext) -> dict[str, Any]:
         require_onnxruntime()
-        if is_onnx(artifact):
+        from ..genai_model import is_genai
+
+        if is_onnx(artifact) or is_genai(artifact):
             raise UserError("onnx_export: the model is already ONNX; export once, then quantize with ort_quantize")
         state = quantization_state(artifact)
         if state is not None:

@@ -1,4 +1,11 @@
-"""ONNX Runtime weight quantization: dynamic int8 (per channel) and 4-bit block-wise (MatMulNBits).
+"""ONNX Runtime quantization of optimum's ONNX export: dynamic int8 (per channel) and 4-bit block-wise (MatMulNBits).
+
+This pass works on the graph `onnx_export` writes (optimum's, run by
+ORTModelForCausalLM). The toolkit's default int8 and int4 are the fast
+onnxruntime-genai graph instead (`ort_genai_export`, `--method ort-int8/ort-int4`):
+weight-only MatMulNBits with int8 compute, which keeps quality at int8 and decodes
+faster. This one stays for dynamic int8 (`--method ort-dynamic-int8`) and for 4-bit
+on optimum's graph with HQQ or per-module `keep` (`--method ort-optimum-int4`).
 
 Only MatMuls whose second input is a weight (a graph initializer) are
 candidates. That leaves out by construction the rotary-embedding MatMul and
@@ -26,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..errors import UserError
 from ..onnx_utils import ONNX_FILE, OnnxCausalLM, is_onnx, ort_runtime_has_op, require_onnxruntime
@@ -124,7 +131,10 @@ class OrtQuantize(Pass):
 
     name: ClassVar[str] = "ort_quantize"
 
-    method: Literal["int8", "int4"] = "int8"
+    # dynamic-int8: weights per channel, activations quantized at run time (`quantize_dynamic`);
+    # int4: MatMulNBits. Both on optimum's graph. "int8" is this pass's former name for
+    # dynamic-int8 and still means it; the int8 that keeps quality is `ort_genai_export`.
+    method: Literal["dynamic-int8", "int4"] = "dynamic-int8"
     # Module-name globs left in float. None: the method's default (int8: the MLP
     # down projections, see the module docstring; int4: nothing).
     keep: list[str] | None = None
@@ -146,23 +156,28 @@ class OrtQuantize(Pass):
     # optimisation of scales and zero points; asymmetric, data-free, slower to build).
     algorithm: Literal["rtn", "hqq"] = "rtn"
 
+    @field_validator("method", mode="before")
+    @classmethod
+    def _former_int8_name(cls, v):
+        return "dynamic-int8" if v == "int8" else v
+
     def keep_patterns(self) -> list[str]:
         if self.keep is not None:
             return list(self.keep)
-        return list(DEFAULT_INT8_KEEP) if self.method == "int8" else []
+        return list(DEFAULT_INT8_KEEP) if self.method == "dynamic-int8" else []
 
     def apply(self, artifact, ctx: PassContext) -> dict[str, Any]:
         require_onnxruntime()
         if self.block_size & (self.block_size - 1):
             raise UserError(f"ort_quantize: block_size must be a power of two (16, 32, 64, 128...), got {self.block_size}")
         if self.algorithm != "rtn" and self.method != "int4":
-            raise UserError(f"ort_quantize: algorithm {self.algorithm!r} is for method int4; drop it for int8")
+            raise UserError(f"ort_quantize: algorithm {self.algorithm!r} is for method int4; drop it for dynamic-int8")
         if self.method == "int4" and not ort_runtime_has_op("MatMulNBits"):
             import onnxruntime
 
             raise UserError(
                 f"ort_quantize int4 needs the MatMulNBits operator, which ONNX Runtime {onnxruntime.__version__} "
-                "lacks; upgrade onnxruntime (1.17+) or use method int8"
+                "lacks; upgrade onnxruntime (1.17+) or use method dynamic-int8"
             )
         if self.method == "int4":
             try:
@@ -170,6 +185,11 @@ class OrtQuantize(Pass):
                 import onnx_ir  # noqa: F401
             except ImportError as exc:
                 raise UserError(f"ort_quantize int4 needs {exc.name}: pip install onnx-ir") from None
+        from ..genai_model import is_genai
+
+        if is_genai(artifact):
+            raise UserError("ort_quantize: the model is an onnxruntime-genai graph; quantize it when exporting "
+                            "(ort_genai_export precision int8/int4) instead")
         state = quantization_state(artifact)
         if state is not None:
             raise UserError(f"ort_quantize: the model is already quantized ({state}); quantize the float model instead")
@@ -200,7 +220,7 @@ class OrtQuantize(Pass):
             raise UserError("ort_quantize: no weight MatMul is left to quantize after 'keep'/'keep_first'/'keep_last'; "
                             "keep fewer modules")
         start = time.perf_counter()
-        if self.method == "int8":
+        if self.method == "dynamic-int8":
             self._int8(onnx_in, target.onnx_path, chosen)
         else:
             self._int4(onnx_in, target.onnx_path, kept)
@@ -220,7 +240,7 @@ class OrtQuantize(Pass):
         """Split weight MatMuls into (node names to quantize, node names kept in float)."""
         patterns = self.keep_patterns()
         # The int8 defaults never keep more than an eighth of the blocks at each end (none on tiny models).
-        cap = n_layers // 8 if self.method == "int8" else 0
+        cap = n_layers // 8 if self.method == "dynamic-int8" else 0
         first = self.keep_first if self.keep_first is not None else min(DEFAULT_INT8_KEEP_FIRST, cap)
         last = self.keep_last if self.keep_last is not None else min(DEFAULT_INT8_KEEP_LAST, cap)
         edge = edge_blocks(n_layers, first, last)

@@ -43,8 +43,14 @@ def edge_blocks(n_layers: int, first: int, last: int) -> set[int]:
 
 def quantization_state(artifact) -> str | None:
     """How the artifact's model is already quantized ('bitsandbytes', 'onnx-int8', ...), or None."""
+    from ..genai_model import is_genai
     from ..onnx_utils import is_onnx
 
+    if is_genai(artifact):
+        for record in reversed(artifact.passes):
+            if record.get("name") == "ort_genai_export" and record["config"].get("precision") != "fp32":
+                return f"onnxruntime-genai-{record['config']['precision']}"
+        return None
     if is_onnx(artifact):
         for record in artifact.passes:
             if record.get("name") == "ort_quantize":

@@ -34,6 +34,9 @@ class Artifact:
     # A writer for that runtime stores them as they are instead of quantizing again, so
     # the runtime runs exactly what the quantizer chose.
     quantized_blocks: dict[str, Any] = field(default_factory=dict)
+    # Encoders only (compress.encoders): how token states become a sentence embedding
+    # (a compress.encoders.pooling.Pooling). None for decoders. Saved beside the weights.
+    pooling: Any = None
 
     def copy(self) -> "Artifact":
         """A deep copy of the model and provenance; the tokenizer is shared (immutable in use)."""
@@ -46,6 +49,7 @@ class Artifact:
             source_path=self.source_path,
             writer=self.writer,
             quantized_blocks=dict(self.quantized_blocks),
+            pooling=copy.deepcopy(self.pooling),
         )
 
     def record_pass(self, name: str, config: dict, metrics: dict, seconds: float) -> None:

@@ -83,7 +83,7 @@ def command(variants, suite, output, force, work_dir, isolation, **options) -> N
 
     ctx = click.get_current_context()
     if encoder_bench_requested(suite, options["base"]):  # sentence encoders: compress/encoders/bench.py
-        return _encoder_bench(variants, suite, output, force, work_dir, options, _command_line(ctx))
+        return _encoder_bench(variants, suite, output, force, work_dir, isolation, options, _command_line(ctx))
     if suite is None and not variants:
         suite = str(default_suite_path())
     loaded = Suite.from_yaml(suite) if suite else Suite()
@@ -118,20 +118,20 @@ def command(variants, suite, output, force, work_dir, isolation, **options) -> N
     log.info(f"Benchmarking {len(parsed.variants) + 1} variants (base: {parsed.base}); report in {output}")
     report = run_bench(parsed, output, force=force, work_dir=work_dir, command=_command_line(ctx),
                        verbose=False, isolation=isolation)
-    ok = sum(v["status"] == "ok" for v in report["variants"])
-    click.echo(f"{ok}/{len(report['variants'])} variants measured without errors; report in {output}/bench.md")
-    for v in report["variants"]:
-        for e in v["errors"]:
-            click.echo(f"  {v['name']}: {e['stage']} failed: {e['error']}")
+    _summary(report, output)
 
 
-def _encoder_bench(variants, suite, output, force, work_dir, options, command) -> None:
+def _encoder_bench(variants, suite, output, force, work_dir, isolation, options, command) -> None:
     from ..encoders.bench import run_encoder_bench, suite_from_options
 
     parsed = suite_from_options(suite, variants, options)
     if output is None:
         output = f"bench-results/{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
-    report = run_encoder_bench(parsed, output, force=force, work_dir=work_dir, command=command)
+    _summary(run_encoder_bench(parsed, output, force=force, work_dir=work_dir, command=command, isolation=isolation),
+             output)
+
+
+def _summary(report: dict, output) -> None:
     ok = sum(v["status"] == "ok" for v in report["variants"])
     click.echo(f"{ok}/{len(report['variants'])} variants measured without errors; report in {output}/bench.md")
     for v in report["variants"]:

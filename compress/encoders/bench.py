@@ -61,6 +61,7 @@ class EncoderSettings(BaseModel):
     timeout_s: float = Field(900.0, gt=0)
     quality: bool = True
     speed: bool = Field(True, description="false: build and measure quality only (no timing)")
+    trust_remote_code: bool = Field(False, description="let a model's own code run when building recipe variants")
 
     @model_validator(mode="after")
     def _batches(self):
@@ -87,6 +88,10 @@ class EncoderSuite(BaseModel):
         floats = [v.name for v in self.variants if v.dtype not in (None, "float32")]
         if floats:
             raise ValueError(f"variants {floats}: encoders are measured as saved (float32); quantize them with a pass")
+        batched = [v.name for v in self.variants if getattr(v, "batch_size", None)]
+        if batched:
+            raise ValueError(f"variants {batched}: an encoder is timed at every batch size of settings.batch_sizes; "
+                             "drop batch_size")
         return self
 
     @classmethod
@@ -118,7 +123,8 @@ def encoder_bench_requested(suite_path: str | None, base: str | None) -> bool:
 
 
 # Options of `compress bench` that describe decoder generation; refused for encoders.
-DECODER_OPTIONS = {"dtype": "--dtype", "prompt_lens": "--prompt-len", "new_tokens": "--new-tokens",
+DECODER_OPTIONS = {"dtype": "--dtype", "prompt_lens": "--prompt-len", "batch_size": "--batch-size",
+                   "new_tokens": "--new-tokens",
                    "warmup_tokens": "--warmup-tokens", "prefill_repeats": "--prefill-repeats",
                    "interleave": "--interleave", "eval_windows": "--eval-windows", "eval_seq_len": "--eval-seq-len"}
 
@@ -147,7 +153,10 @@ def suite_from_options(suite_path: str | None, variants: tuple[str, ...], option
         data["settings"]["timeout_s"] = options["timeout"]
     if options.get("no_quality"):
         data["settings"]["quality"] = False
-    for opt, key in (("eval_text", "source"), ("eval_split", "split")):
+    if options.get("trust_remote_code"):
+        data["settings"]["trust_remote_code"] = True
+    for opt, key in (("eval_text", "source"), ("eval_split", "split"), ("text_field", "text_field"),
+                     ("encoding", "encoding")):
         if options.get(opt) is not None:
             data["evaluation"][key] = options[opt]
     return EncoderSuite.from_dict(data, where=f"suite {suite_path}" if suite_path else "bench options")

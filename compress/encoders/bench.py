@@ -186,9 +186,16 @@ class EncoderWorkers(Workers):
 def _forked_worker(args: list[str], err_fd: int) -> None:
     import os
 
+    import torch
+
     from .bench_worker import main
 
     os.dup2(err_fd, 2)
+    # GNU OpenMP (torch's CPU thread pool) does not survive a fork: once the parent has run a
+    # parallel region, the child's first one waits forever for pool threads that were not
+    # copied (seen: the test run hung in LayerNorm after the distillation tests). One thread
+    # never enters the pool; fork isolation is for tests, where speed does not matter.
+    torch.set_num_threads(1)
     code = main(args)
     sys.stderr.flush()
     os._exit(code)

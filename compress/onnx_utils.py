@@ -124,7 +124,7 @@ class OnnxCausalLM:
     def __deepcopy__(self, memo) -> "OnnxCausalLM":
         target = _private_dir("compress-onnx-")
         shutil.copytree(self.directory, target, dirs_exist_ok=True)
-        return OnnxCausalLM(target, provider=self.provider, threads=self.threads)
+        return type(self)(target, provider=self.provider, threads=self.threads)  # an OnnxEncoder stays one
 
     def __repr__(self) -> str:
         return f"OnnxCausalLM({str(self.directory)!r}, provider={self.provider!r})"
@@ -174,9 +174,19 @@ def load_onnx_artifact(ref: str):
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise UserError(f"could not load the tokenizer of ONNX model {path} ({first}); the directory needs one") from None
-    artifact = Artifact(model=OnnxCausalLM(path, owned=False), tokenizer=tokenizer,
+    from .encoders.architecture import is_encoder_config
+    from .encoders.loading import pooling_of, read_config
+
+    encoder = is_encoder_config(read_config(path))
+    if encoder:
+        from .encoders.onnx import OnnxEncoder
+
+        model = OnnxEncoder(path, owned=False)
+    else:
+        model = OnnxCausalLM(path, owned=False)
+    artifact = Artifact(model=model, tokenizer=tokenizer,
                         source={"kind": "onnx", "ref": str(path), "path": str(path)}, source_path=path,
-                        writer=write_onnx_directory)
+                        writer=write_onnx_directory, pooling=pooling_of(path) if encoder else None)
     manifest = read_manifest(path)
     if manifest:
         artifact.source["derived_from"] = manifest.get("source")

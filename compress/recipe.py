@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .artifact import Artifact
 from .data import TextSpec, WindowSpec, check_disjoint, load_windows
+from .encoders.architecture import is_encoder, is_encoder_config
 from .errors import UserError
 from .evaluate import compare, perplexity, warn_if_damaged
 from .models import DEFAULT_MODEL, load_artifact
@@ -159,12 +160,16 @@ def run_recipe(
     if recipe.evaluation is not None and any(p.needs_calibration for p in recipe.passes):
         check_disjoint(recipe.calibration, recipe.evaluation)
     config = load_config(source, trust_remote_code=trust_remote_code) if source else base.model.config
-    check_sequence_lengths(config, ref, window_lengths(recipe))
+    lengths = window_lengths(recipe)
+    if is_encoder_config(config):  # evaluated on sentences, each cut at the model's own limit, not on windows
+        lengths["evaluation"] = None
+    check_sequence_lengths(config, ref, lengths)
 
     start = time.perf_counter()
     base = base or load_artifact(ref, trust_remote_code=trust_remote_code)
     ctx = PassContext(calibration=recipe.calibration)
-    windows = recipe.evaluation.load(base.tokenizer) if recipe.evaluation else None
+    encoder = is_encoder(base)  # measured on sentence embeddings, not token windows (compress.encoders)
+    windows = recipe.evaluation.load(base.tokenizer) if recipe.evaluation and not encoder else None
     if not recipe.passes:
         log.warning("the recipe has no passes: the output is an unchanged copy of the model")
 
@@ -173,6 +178,10 @@ def run_recipe(
         # The first pass copies the base (kept for comparison); later ones work in place.
         current = p(current, ctx, inplace=i > 0)
 
+    if encoder and recipe.evaluation is not None and recipe.passes:
+        from .encoders.quality import check_quality
+
+        current.metrics["evaluation"] = check_quality(base, current, recipe.evaluation, "the recipe's result")
     if windows is not None:
         batch = recipe.evaluation.batch_size
         if recipe.passes:

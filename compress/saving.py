@@ -55,6 +55,7 @@ _VERSIONED_PACKAGES = (
     "torch-pruning",
     "gguf",
     "llama-cpp-python",
+    "sentence-transformers",
 )
 
 
@@ -353,7 +354,7 @@ def atomic_directory(out: str | os.PathLike, force: bool = False, expected_bytes
 
 
 def manifest_for(artifact: Artifact) -> dict[str, Any]:
-    return {
+    manifest = {
         "format": MANIFEST_FORMAT,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "source": artifact.source,
@@ -361,6 +362,9 @@ def manifest_for(artifact: Artifact) -> dict[str, Any]:
         "metrics": artifact.metrics,
         "versions": library_versions(),
     }
+    if artifact.pooling is not None:
+        manifest["pooling"] = artifact.pooling.describe()
+    return manifest
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
@@ -471,6 +475,10 @@ def save_artifact(artifact: Artifact, out: str | os.PathLike, force: bool = Fals
     source_dir = artifact.source_path if artifact.source_path is not None and Path(artifact.source_path).is_dir() else None
     with atomic_directory(out, force=force, expected_bytes=expected_size(artifact)) as tmp:
         writer(artifact, tmp)
+        if artifact.pooling is not None:  # an encoder: its sentence-transformers pipeline goes with every format
+            from .encoders.pooling import write_pooling
+
+            write_pooling(tmp, artifact.pooling, artifact.model.config.hidden_size)
         keep_code_references_whole(tmp, source_dir)
         manifest = manifest_for(artifact)
         manifest["files"] = _files_under(tmp) + [MANIFEST_NAME]

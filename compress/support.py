@@ -1,9 +1,11 @@
 """Which models the passes can handle, and how long a sequence a model takes: decided here alone.
 
-The passes find projections and decoder blocks by two layouts (see layers.py
+The passes find projections and decoder blocks by three layouts (see layers.py
 and passes/structured.py): Llama-style decoders (``model.layers[i]`` with
-``self_attn.q/k/v/o_proj`` and ``mlp.gate/up/down_proj``) and GPT-2
-(``transformer.h[i]`` with Conv1D ``attn.c_attn`` and ``mlp.c_fc/c_proj``).
+``self_attn.q/k/v/o_proj`` and ``mlp.gate/up/down_proj``), GPT-2
+(``transformer.h[i]`` with Conv1D ``attn.c_attn`` and ``mlp.c_fc/c_proj``), and
+BERT-family encoders (``encoder.layer[i]``; loaded with ``AutoModel``, see
+compress/encoders/).
 A model of another architecture would load (a BERT folder loads as
 ``BertLMHeadModel`` with a newly initialised head) and pass through them
 silently wrong, so every command asks `check_supported` first, on the config
@@ -24,6 +26,12 @@ SUPPORTED_ARCHITECTURES: dict[str, str] = {
     "llama": "Llama",
     "gpt2": "GPT-2",
 }
+# BERT-family sentence encoders (compress/encoders): loaded with AutoModel, used through a pooled embedding.
+ENCODER_ARCHITECTURES: dict[str, str] = {
+    "bert": "BERT",
+    "roberta": "RoBERTa",
+    "xlm-roberta": "XLM-RoBERTa",
+}
 
 # Config keys that hold the longest sequence a model takes, by architecture family.
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
@@ -34,7 +42,10 @@ def _get(config: Any, key: str) -> Any:
 
 
 def supported_summary() -> str:
-    return ", ".join(f"{family} ({model_type})" for model_type, family in SUPPORTED_ARCHITECTURES.items())
+    def listed(families: dict[str, str]) -> str:
+        return ", ".join(f"{family} ({model_type})" for model_type, family in families.items())
+
+    return f"{listed(SUPPORTED_ARCHITECTURES)} causal language models; {listed(ENCODER_ARCHITECTURES)} encoders"
 
 
 def check_supported(config: Any, where: str) -> None:
@@ -42,10 +53,14 @@ def check_supported(config: Any, where: str) -> None:
     model_type = _get(config, "model_type")
     if model_type in SUPPORTED_ARCHITECTURES:
         return
+    if model_type in ENCODER_ARCHITECTURES:
+        if _get(config, "is_decoder"):
+            raise UserError(f"{where} is a {ENCODER_ARCHITECTURES[model_type]} configured as a decoder (is_decoder), "
+                            "which compress does not support; it handles these as encoders")
+        return
     architectures = _get(config, "architectures") or []
     shown = f"{model_type} ({', '.join(architectures)})" if architectures else str(model_type)
-    raise UserError(f"{where} is a {shown} model, which compress does not support; supported: "
-                    f"{supported_summary()} causal language models")
+    raise UserError(f"{where} is a {shown} model, which compress does not support; supported: {supported_summary()}")
 
 
 def context_length(config: Any) -> int | None:

@@ -277,13 +277,14 @@ CASES = [
     Case("half-replaced-output-restored", 5, lambda e: ["prune", L(e), *QUICK, "-o", "out", "--force"],
          "restored the previous output", code=0, output="out", setup=_half_replaced, check=_output_loads),
     # 6. Models the passes cannot handle.
-    Case("bert-folder", 6, lambda e: ["prune", str(e.bert), *QUICK, "-o", "out"],
-         "bert (BertForMaskedLM) model, which compress does not support; supported: Llama (llama), GPT-2 (gpt2)"),
-    Case("quantize-bert-folder", 6, lambda e: ["quantize", str(e.bert), "--method", "bnb-int8", "-o", "out"],
+    Case("distilbert-folder", 6, lambda e: ["prune", str(e.bert), *QUICK, "-o", "out"],
+         "distilbert (DistilBertForMaskedLM) model, which compress does not support; supported: Llama (llama), "
+         "GPT-2 (gpt2) causal language models; BERT (bert)"),
+    Case("quantize-distilbert-folder", 6, lambda e: ["quantize", str(e.bert), "--method", "bnb-int8", "-o", "out"],
          "which compress does not support"),
-    Case("target-kl-bert-folder", 6, lambda e: ["quantize", str(e.bert), "--target-kl", "0.02", "-o", "out.gguf"],
-         "bert (BertForMaskedLM) model, which compress does not support"),
-    Case("distill-bert-teacher", 6,
+    Case("target-kl-distilbert-folder", 6,
+         lambda e: ["quantize", str(e.bert), "--target-kl", "0.02", "-o", "out.gguf"], "which compress does not support"),
+    Case("distill-distilbert-teacher", 6,
          lambda e: ["distill", "--teacher", str(e.bert), "--student-layers", "1", "-o", "out"],
          "which compress does not support"),
     Case("weights-missing", 6, lambda e: ["prune", "incomplete", *QUICK, "-o", "out"],
@@ -377,13 +378,13 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def tiny_bert_dir(tmp_path_factory, tiny_tokenizer) -> Path:
-    """A BERT folder: AutoModelForCausalLM would load it as BertLMHeadModel with a new head."""
-    from transformers import AutoModelForMaskedLM, BertConfig
+    """A DistilBERT folder: an encoder whose layout the passes do not know (BERT itself is supported: test_encoders)."""
+    from transformers import AutoModelForMaskedLM, DistilBertConfig
 
-    path = tmp_path_factory.mktemp("tiny-bert")
+    path = tmp_path_factory.mktemp("tiny-distilbert")
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
+    config = DistilBertConfig(vocab_size=len(tiny_tokenizer), dim=32, n_layers=1, n_heads=2, hidden_dim=64,
+                              max_position_embeddings=128)
     AutoModelForMaskedLM.from_config(config).save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
     return path

@@ -259,17 +259,14 @@ def _resolve_path(ref: str, backend: str | None = None, recipe: bool = False) ->
     built-in model's GGUF too when llamacpp is asked for. Otherwise, and for recipes (whose
     passes need PyTorch), a GGUF is converted to a float checkpoint.
     """
-    from ..models import converted_gguf_dir, resolve_source
+    from ..models import load_dir_of, resolve_source
 
     source = resolve_source(ref)
+    gguf = source.kind == "gguf" or (source.kind == "builtin" and str(source.path).endswith(".gguf"))
     keep_file = not recipe and (backend == "llamacpp" or (backend is None and source.kind == "gguf"))
-    if source.kind in ("builtin", "gguf") and keep_file:
+    if gguf and keep_file:
         return str(source.path), source.describe()
-    if source.kind in ("builtin", "gguf"):
-        return str(converted_gguf_dir(source.path)), source.describe()
-    if source.kind == "local":
-        return str(source.path), source.describe()
-    return source.ref, source.describe()
+    return str(load_dir_of(source)), source.describe()
 
 
 def _check_model(ref: str, path: str | None, suite: Suite) -> None:
@@ -508,7 +505,9 @@ def calibration_groups(variants: list[Variant]) -> list[dict[str, Any]]:
     return list(groups.values())
 
 
-def _build(variants: list[Variant], suite: Suite, workers: Workers, work: Path) -> None:
+def _build(variants: list[Variant], suite: Suite, workers: Workers, work: Path,
+           check: Callable[[Variant], None] | None = None) -> None:
+    """Build every recipe variant in its own process; `check` (default: the decoder checks) plans the result."""
     todo = [v for v in variants if v.runnable and v.spec.is_recipe]
     # A recipe measured several ways (dtypes, batch sizes, backends) is built once and shared.
     built: dict[str, Variant] = {}
@@ -525,7 +524,9 @@ def _build(variants: list[Variant], suite: Suite, workers: Workers, work: Path) 
             built[_build_key(v, suite)] = v
             log.info(f"[build {i}/{len(todo)}] {v.name}: {v.spec.describe()}")
             out = work / v.name
-            job = {"name": v.name, "model": v.build["input"], "passes": v.spec.passes, "recipe": v.spec.recipe,
+            # The worker runs in a scratch directory: a recipe path relative to here must reach it whole.
+            recipe = str(Path(v.spec.recipe).resolve()) if v.spec.recipe else None
+            job = {"name": v.name, "model": v.build["input"], "passes": v.spec.passes, "recipe": recipe,
                    "calibration": suite.calibration.model_dump(mode="json"), "output": str(out),
                    "trust_remote_code": suite.settings.trust_remote_code}
             res = workers.run("build", job)
@@ -536,7 +537,7 @@ def _build(variants: list[Variant], suite: Suite, workers: Workers, work: Path) 
             v.build.update(seconds=done["seconds"], passes=done["passes"])
             v.path = done.get("path", str(out))
         try:
-            _check_runnable(v, suite)
+            check(v) if check is not None else _check_runnable(v, suite)
         except UserError as exc:
             v.fail("plan", str(exc))
 

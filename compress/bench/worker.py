@@ -423,10 +423,12 @@ def run_quality(job: dict, events: Events) -> None:
 MODES = {"build": run_build, "speed": run_speed, "quality": run_quality}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, modes: dict | None = None, module: str = "compress.bench.worker") -> int:
+    """Run one mode; `modes` / `module`: another worker's (the encoder bench's) with this same protocol."""
+    modes = MODES if modes is None else modes
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) != 3 or argv[0] not in MODES:
-        print(f"usage: python -m compress.bench.worker {{{','.join(MODES)}}} JOB.json EVENTS.jsonl", file=sys.stderr)
+    if len(argv) != 3 or argv[0] not in modes:
+        print(f"usage: python -m {module} {{{','.join(modes)}}} JOB.json EVENTS.jsonl", file=sys.stderr)
         return 2
     mode, job_path, events_path = argv
     job = json.loads(Path(job_path).read_text())
@@ -435,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
 
     configure(quiet=not job.get("progress", False))
     try:
-        MODES[mode](job, events)
+        modes[mode](job, events)
     except Exception as exc:
         # Expected failures (bad input, a backend that cannot run the model) end as one line for the report.
         if not isinstance(exc, UserError):

@@ -74,11 +74,19 @@ def command(variants, suite, output, force, work_dir, isolation, **options) -> N
       compress bench mag50="magnitude_prune: {sparsity: 0.5}" out/wanda -o bench-results/mine
       compress bench out/ort-int8 --repeats 3 --no-quality -o bench-results/ort
       compress bench --suite configs/bench-default.yaml --device cuda -o bench-results/gpu
+      compress bench --suite configs/encoders/bench-minilm.yaml -o bench-results/minilm   # an encoder base
+
+    When the base is a sentence encoder (BERT, MiniLM, RoBERTa), variants are
+    timed on sentences at the suite's batch sizes and compared by their sentence
+    embeddings instead (docs/encoders.md).
     """
     from ..bench import Suite, default_suite_path, parse_variant_arg, run_bench
+    from ..encoders.bench import encoder_bench_requested
     from ..progress import log
 
     ctx = click.get_current_context()
+    if encoder_bench_requested(suite, options["base"]):  # sentence encoders: compress/encoders/bench.py
+        return _encoder_bench(variants, suite, output, force, work_dir, isolation, options, _command_line(ctx))
     if suite is None and not variants:
         suite = str(default_suite_path())
     loaded = Suite.from_yaml(suite) if suite else Suite()
@@ -115,6 +123,20 @@ def command(variants, suite, output, force, work_dir, isolation, **options) -> N
     log.info(f"Benchmarking {len(parsed.variants) + 1} variants (base: {parsed.base}); report in {output}")
     report = run_bench(parsed, output, force=force, work_dir=work_dir, command=_command_line(ctx),
                        verbose=False, isolation=isolation)
+    _summary(report, output)
+
+
+def _encoder_bench(variants, suite, output, force, work_dir, isolation, options, command) -> None:
+    from ..encoders.bench import run_encoder_bench, suite_from_options
+
+    parsed = suite_from_options(suite, variants, options)
+    if output is None:
+        output = f"bench-results/{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+    _summary(run_encoder_bench(parsed, output, force=force, work_dir=work_dir, command=command, isolation=isolation),
+             output)
+
+
+def _summary(report: dict, output) -> None:
     ok = sum(v["status"] == "ok" for v in report["variants"])
     click.echo(f"{ok}/{len(report['variants'])} variants measured without errors; report in {output}/bench.md")
     for v in report["variants"]:

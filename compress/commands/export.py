@@ -34,12 +34,17 @@ def onnx_command(model: str, opset: int | None, no_check: bool, output: str, for
     the ONNX model is compared with the PyTorch one on a fixed input (largest
     logit difference, greedy generation with the KV cache); a wrong export is
     refused. The output holds model.onnx, config, tokenizer and compress.json,
-    and loads with ORTModelForCausalLM.from_pretrained(OUTPUT).
+    and loads with ORTModelForCausalLM.from_pretrained(OUTPUT). An encoder
+    (BERT, MiniLM, RoBERTa) is exported with optimum's feature-extraction task
+    instead, checked on its token states and sentence embeddings, and loads with
+    ORTModelForFeatureExtraction.from_pretrained(OUTPUT); its pooling config is
+    saved beside it.
 
     \b
     Examples:
       compress export onnx smollm2-135m-instruct -o out/onnx
       compress export onnx out/pruned -o out/pruned-onnx --force
+      compress export onnx minilm -o out/minilm-onnx
       compress quantize out/onnx --method ort-dynamic-int8 -o out/onnx-int8
     """
     export_and_save("onnx_export", {"opset": opset, "check": not no_check}, model, output, force, trust_remote_code)
@@ -58,7 +63,10 @@ def export_and_save(pass_name: str, config: dict, model: str, output: str, force
     result = export(load_artifact(model, trust_remote_code=trust_remote_code))
     save_artifact(result, output, force=force)
     metrics = result.passes[-1]["metrics"]
-    if "max_abs_logit_diff" in metrics:
+    if "max_abs_state_diff" in metrics:  # an encoder (feature-extraction export)
+        click.echo(f"checked against PyTorch: max token-state difference {metrics['max_abs_state_diff']:.2e}, "
+                   f"worst sentence-embedding cosine {metrics['min_embedding_cosine']:.6f}")
+    elif "max_abs_logit_diff" in metrics:
         click.echo(f"checked against PyTorch: max logit difference {metrics['max_abs_logit_diff']:.2e}, "
                    f"greedy generation match {metrics['generation_match']:.0%}")
     return metrics

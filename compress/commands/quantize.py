@@ -12,9 +12,11 @@ from ..cli_options import data_options, data_specs, output_options, trust_remote
 from ..quant_grids import GGUF_TYPES, GRID_NAMES
 
 # ort-int8 / ort-int4: the fast onnxruntime-genai graph, weight-only MatMulNBits with int8 compute
-# (ort_genai_export). ort-dynamic-int8 / ort-optimum-int4: ort_quantize on optimum's ONNX export.
+# (ort_genai_export; causal LMs). ort-dynamic-int8 / ort-optimum-int4 / ort-weight-int8: ort_quantize on
+# optimum's ONNX export (weight-int8: MatMulNBits 8-bit with int8 compute, the fast int8 for encoders).
 # gptq: calibrated rounding onto a runtime's grid (gptq_quantize).
-METHODS = ("bnb-int8", "bnb-nf4", "bnb-fp4", "ort-int8", "ort-int4", "ort-dynamic-int8", "ort-optimum-int4", "gptq")
+METHODS = ("bnb-int8", "bnb-nf4", "bnb-fp4", "ort-int8", "ort-int4", "ort-dynamic-int8", "ort-optimum-int4",
+           "ort-weight-int8", "gptq")
 FAST_GRAPH_METHODS = ("ort-int8", "ort-int4")
 # Options of --method gptq only, as (parameter, flag): refused with the other methods when given.
 GPTQ_ONLY = (("grid", "--grid"), ("asymmetric", "--asymmetric"), ("act_order", "--act-order/--no-act-order"),
@@ -93,12 +95,13 @@ def build_quantize_pass(method: str, keep: tuple[str, ...], keep_first: int | No
                             "quantizes every projection of the fast graph; use ort-dynamic-int8 / ort-optimum-int4 "
                             "for those options")
         return build_pass("ort_genai_export", {"precision": kind, "block_size": block_size})
-    config = {"method": "dynamic-int8" if kind == "dynamic-int8" else "int4", "keep": list(keep) or None,
+    config = {"method": {"optimum-int4": "int4"}.get(kind, kind), "keep": list(keep) or None,
               "keep_first": keep_first, "keep_last": keep_last}
-    if kind == "optimum-int4":
+    if kind in ("optimum-int4", "weight-int8"):
         config["block_size"] = block_size
+    if kind == "optimum-int4":
         config["algorithm"] = int4_algorithm
-    else:
+    elif kind == "dynamic-int8":
         config["reduce_range"] = reduce_range
     return build_pass("ort_quantize", config)
 
@@ -112,12 +115,21 @@ def load_model(ref: str, device: str = "cpu", trust_remote_code: bool = False):
     return load_artifact(ref, device=device if device.startswith("cuda") else "cpu", trust_remote_code=trust_remote_code)
 
 
-def run_guard(base, result, evaluation, what: str, max_kl: float, min_top1: float, fail: bool) -> dict | None:
+def run_guard(base, result, evaluation, what: str, max_kl: float, min_top1: float, fail: bool,
+              min_cosine: float | None = None, min_top10: float | None = None) -> dict | None:
     """Compare result with base on the evaluation text; record in the manifest; warn or raise."""
+    from ..encoders.architecture import is_encoder
     from ..passes.quantization import quality_guard
 
     if evaluation is None:
         return None
+    if is_encoder(base):  # sentence embeddings on the evaluation text's sentences (compress.encoders.quality)
+        from ..encoders.quality import QUANT_MIN_MEAN_COSINE, QUANT_MIN_TOP10_OVERLAP, check_quality
+
+        quality = check_quality(base, result, evaluation, what, QUANT_MIN_MEAN_COSINE if min_cosine is None else min_cosine,
+                                QUANT_MIN_TOP10_OVERLAP if min_top10 is None else min_top10, fail)
+        result.metrics["quality"] = result.metrics["evaluation"] = quality
+        return quality
     windows = evaluation.load(base.tokenizer)
     quality = quality_guard(base.model, result.model, windows, what, max_kl=max_kl, min_top1=min_top1,
                             fail=fail, batch_size=evaluation.batch_size)
@@ -131,7 +143,12 @@ def run_guard(base, result, evaluation, what: str, max_kl: float, min_top1: floa
 
 
 def echo_quality(quality: dict | None, output: str) -> None:
-    if quality:
+    if quality and "cosine_mean" in quality:  # an encoder
+        from ..encoders.quality import summary_line
+
+        verdict = "passed" if quality["passed"] else "FAILED: " + "; ".join(quality["problems"])
+        click.echo(f"{summary_line(quality)} (quality guard {verdict})")
+    elif quality:
         verdict = "passed" if quality["passed"] else "FAILED: " + "; ".join(quality["problems"])
         click.echo(f"perplexity {quality['perplexity_base']:.2f} -> {quality['perplexity']:.2f}, "
                    f"KL from base {quality['kl_mean']:.4f}, top-1 agreement {quality['top1_agreement']:.1%} "
@@ -155,6 +172,12 @@ def guard_options(f):
                      help="Quality guard: largest acceptable mean KL(base || quantized) per token."),
         click.option("--min-top1", type=click.FloatRange(0, 1), default=QUANT_MIN_TOP1, show_default=True,
                      help="Quality guard: smallest acceptable top-1 agreement with the base."),
+        click.option("--min-cosine", type=float, default=None,
+                     help="Encoders' quality guard: smallest acceptable mean cosine to the base's sentence embeddings "
+                          "[default: 0.95]."),
+        click.option("--min-top10", type=float, default=None,
+                     help="Encoders' quality guard: smallest acceptable top-10 neighbour overlap with the base "
+                          "[default: 0.75]."),
         click.option("--fail-on-damage", is_flag=True,
                      help="Exit with status 3 and save nothing if the guard fails (default: save and warn)."),
     ]
@@ -177,7 +200,8 @@ def _json_config(directory: Path) -> dict:
 @click.argument("model")
 @click.option("--method", type=click.Choice(METHODS), default=None,
               help="bnb-*: bitsandbytes (PyTorch checkpoint); ort-int8/ort-int4: the fast onnxruntime-genai graph "
-                   "(weight-only, int8 compute); ort-dynamic-int8/ort-optimum-int4: optimum's ONNX graph; gptq: "
+                   "(weight-only, int8 compute; causal LMs); ort-dynamic-int8/ort-optimum-int4/ort-weight-int8: "
+                   "optimum's ONNX graph (weight-int8: MatMulNBits 8-bit, int8 compute; the fast int8 for encoders); gptq: "
                    "calibrated rounding onto --grid (a float checkpoint holding the grid values, plus the runtime's "
                    "blocks). Or --target-kl instead of --method.")
 @autoquant_options
@@ -195,7 +219,7 @@ def _json_config(directory: Path) -> dict:
 @click.option("--compute-dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
               show_default=True, help="bnb 4-bit: dtype of the matrix products.")
 @click.option("--block-size", type=int, default=32, show_default=True,
-              help="ort-int8/ort-int4/ort-optimum-int4, gptq int4/int8: weights per scale (GGUF grids: 32 only).")
+              help="ort-int8/ort-int4/ort-optimum-int4/ort-weight-int8, gptq int4/int8: weights per scale (GGUF grids: 32 only).")
 @click.option("--reduce-range", is_flag=True,
               help="ort-dynamic-int8: 7-bit weights (slower path to accuracy; rarely better).")
 @click.option("--int4-algorithm", type=click.Choice(["rtn", "hqq"]), default="rtn", show_default=True,
@@ -220,14 +244,17 @@ def _json_config(directory: Path) -> dict:
 @output_options
 def command(model: str, method: str | None, keep, keep_first, keep_last, device, double_quant, compute_dtype, block_size,
             reduce_range, int4_algorithm, grid, asymmetric, act_order, clip_search, damp, sequential, keep_sparsity,
-            max_kl, min_top1, fail_on_damage, output, force, trust_remote_code, target_kl, types,
-            search_windows, check_windows, **data) -> None:
+            max_kl, min_top1, min_cosine, min_top10, fail_on_damage, output, force, trust_remote_code, target_kl,
+            types, search_windows, check_windows, **data) -> None:
     """Quantize MODEL and check the result against it on evaluation text.
 
     After quantizing, the quality guard compares the result with MODEL on the
-    evaluation text (mean KL divergence and top-1 agreement) and warns loudly if
-    it drifted past --max-kl/--min-top1; the numbers go into compress.json.
-    bnb-* outputs reload quantized with AutoModelForCausalLM.from_pretrained;
+    evaluation text (mean KL divergence and top-1 agreement; for an encoder, the
+    cosine and top-10 overlap of sentence embeddings) and warns loudly if it
+    drifted past --max-kl/--min-top1 (--min-cosine/--min-top10); the numbers go
+    into compress.json.
+    bnb-* outputs reload quantized with AutoModelForCausalLM.from_pretrained
+    (AutoModel for an encoder; its ONNX outputs load with ORTModelForFeatureExtraction);
     ort-int8/ort-int4 outputs (the fast graph, as `compress export ort-genai`
     writes it) load with onnxruntime_genai.Model; ort-dynamic-int8 and
     ort-optimum-int4 outputs with ORTModelForCausalLM.from_pretrained, and for
@@ -245,6 +272,7 @@ def command(model: str, method: str | None, keep, keep_first, keep_last, device,
     Examples:
       compress quantize smollm2-135m-instruct --method ort-int8 -o out/ort-int8
       compress quantize out/pruned --method bnb-nf4 --keep-first 2 --keep-last 2 -o out/pruned-nf4
+      compress quantize minilm --method ort-weight-int8 -o out/minilm-int8
       compress quantize out/onnx --method ort-optimum-int4 --block-size 32 -o out/ort-int4 \\
           --eval-text ../data/wiki.valid.tokens --eval-windows 4 --fail-on-damage
       compress quantize smollm2-135m-instruct --method gptq --grid q4_0 -o out/gptq-q4_0
@@ -252,6 +280,7 @@ def command(model: str, method: str | None, keep, keep_first, keep_last, device,
       compress quantize smollm2-135m-instruct --target-kl 0.02 -o out/mix-0.02.gguf
     """
     from ..devices import check_device
+    from ..encoders.architecture import is_encoder_config
     from ..errors import UserError
     from ..models import load_config, resolve_source
     from ..onnx_utils import is_onnx_directory
@@ -292,12 +321,19 @@ def command(model: str, method: str | None, keep, keep_first, keep_last, device,
     source_path = Path(model).expanduser().resolve() if onnx_input else resolve_source(model).path
     check_output_path(output, force, source_path)
     config = load_config(model, trust_remote_code=trust_remote_code) if not onnx_input else _json_config(source_path)
-    check_sequence_lengths(config, model, {"evaluation": evaluation.seq_len if evaluation else None})
+    encoder = is_encoder_config(config)
+    if encoder and method in FAST_GRAPH_METHODS:
+        raise UserError(f"{method} builds onnxruntime-genai's graph for causal LMs, and {model} is an encoder; use "
+                        "ort-weight-int8 (the same weight-only int8 with int8 compute, on optimum's graph), "
+                        "ort-dynamic-int8 or ort-optimum-int4")
+    # An encoder is evaluated on sentences, each cut at the model's own limit, not on windows.
+    check_sequence_lengths(config, model, {"evaluation": evaluation.seq_len if evaluation and not encoder else None})
 
     base = load_model(model, device, trust_remote_code)
     result = quant(base, PassContext(calibration=calibration)) if method == "gptq" else quant(base)
     what = f"{method} {quant.target_grid().label}" if method == "gptq" else method
-    quality = run_guard(base, result, evaluation, f"{what} of {model}", max_kl, min_top1, fail_on_damage)
+    quality = run_guard(base, result, evaluation, f"{what} of {model}", max_kl, min_top1, fail_on_damage,
+                        min_cosine, min_top10)
     save_artifact(result, output, force=force)
     if result.quantized_blocks:
         click.echo(f"{len(result.quantized_blocks)} matrices on the {quant.target_grid().label} grid; the runtime's "

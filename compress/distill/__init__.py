@@ -63,7 +63,8 @@ def summarize(result: dict[str, Any], every: int = 10) -> dict[str, Any]:
     history = result["history"]
     kept = [h for h in history if h["step"] % every == 0 or h["step"] in (1, len(history))]
     return {**{k: v for k, v in result.items() if k != "history"},
-            "loss_curve": [{"step": h["step"], "loss": round(h["loss"], 5), "ce": round(h["ce"], 5)} for h in kept]}
+            "loss_curve": [{"step": h["step"], **{k: round(h[k], 5) for k in ("loss", "ce", "embedding") if k in h}}
+                           for h in kept]}
 
 
 __all__ = [

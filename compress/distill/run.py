@@ -36,6 +36,18 @@ def train_config(options: dict[str, Any]) -> TrainConfig:
         raise UserError(format_validation_error(exc, "distill options")) from None
 
 
+def refuse_encoder_source(source) -> None:
+    """compress distill matches next-token distributions; an encoder teacher gets one line pointing elsewhere."""
+    from ..encoders.architecture import is_encoder_config
+    from ..encoders.loading import read_config
+    from ..models import load_dir_of
+
+    if is_encoder_config(read_config(load_dir_of(source))):
+        raise UserError("compress distill trains causal LMs on next-token distributions, and this teacher is an "
+                        "encoder; distil encoders with the embedding_distill pass in a recipe "
+                        "(compress run configs/encoders/mlp25-distill.yaml -m TEACHER -o OUT; see docs/encoders.md)")
+
+
 def default_checkpoint_dir(output: Path) -> Path:
     return output.parent / f"{output.name}.checkpoints"
 
@@ -59,6 +71,7 @@ def run_distill_command(teacher: str, output: str, calibration: CalibrationData,
         check_disjoint(calibration, evaluation)
     check_device(device)
     teacher_source = resolve_source(teacher)
+    refuse_encoder_source(teacher_source)
     student_source = resolve_source(student) if student else None
     inputs = [s.path for s in (teacher_source, student_source) if s is not None and s.path is not None]
     out = check_output_path(output, force, inputs)

@@ -115,12 +115,20 @@ def drop_layers(model: nn.Module, keep: list[int]) -> nn.Module:
             if isinstance(getattr(module, "layer_idx", None), int):
                 module.layer_idx = new_idx
     setattr(parent, attr, kept)
-    config = student.config
-    config.num_hidden_layers = len(keep)
+    renumber_layer_config(student.config, keep)
+    return student
+
+
+def renumber_layer_config(config, kept: list[int]) -> None:
+    """The config of a model that keeps layers `kept` (old indices, in order): depth and per-layer settings."""
+    depth = config.num_hidden_layers
+    config.num_hidden_layers = len(kept)
     layer_types = getattr(config, "layer_types", None)
     if isinstance(layer_types, list) and len(layer_types) == depth:
-        config.layer_types = [layer_types[i] for i in keep]
-    return student
+        config.layer_types = [layer_types[i] for i in kept]
+    pruned = getattr(config, "pruned_heads", None)
+    if pruned:  # an encoder whose heads were pruned (transformers' pruned_heads is keyed by layer index)
+        config.pruned_heads = {new: list(pruned[old]) for new, old in enumerate(kept) if pruned.get(old)}
 
 
 def layer_map_for(student_depth: int, teacher_depth: int, kept: list[int] | None = None) -> list[int]:

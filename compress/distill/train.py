@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..data import Windows
 from ..errors import UserError
@@ -53,8 +53,10 @@ STATE_FILE = "training_state.pt"
 RESUMABLE_CHANGES = {"eval_every", "checkpoint_every", "keep_last", "eval_batch_size"}
 
 
-class TrainConfig(LossConfig):
-    """Loss weights plus the optimisation settings (all validated up front)."""
+class OptimizationConfig(BaseModel):
+    """How the student is trained, whatever the loss: steps, batches, learning rate, checkpoints."""
+
+    model_config = ConfigDict(extra="forbid")
 
     steps: int = Field(200, ge=1, description="optimizer steps")
     batch_size: int = Field(4, ge=1, description="windows per micro-batch, per process")
@@ -74,6 +76,10 @@ class TrainConfig(LossConfig):
     keep_last: int = Field(1, ge=1, description="how many of the newest checkpoints to keep on disk")
     keep_sparsity: KeepSparsity = Field("auto", description="keep the zeros of pruned projections through "
                                         "training (auto: when the student has any; see sparsity.py)")
+
+
+class TrainConfig(LossConfig, OptimizationConfig):
+    """Loss weights plus the optimisation settings (all validated up front)."""
 
     def loss_config(self) -> LossConfig:
         return LossConfig(**{k: getattr(self, k) for k in LossConfig.model_fields})
@@ -202,16 +208,33 @@ class Trainer:
         self.evals: list[dict[str, float]] = []
 
     # -- data -------------------------------------------------------------------------------
-    def _micro_batches(self):
-        """This process's micro-batches for the next optimizer step."""
+    def _micro_batch_indices(self):
+        """Indices of this process's samples, one list per micro-batch of the next optimizer step."""
         c = self.config
         per_step = c.batch_size * c.grad_accum * self.world
         idx = sample_indices(len(self.train_windows), c.seed, self.samples_seen, per_step)
         self.samples_seen += per_step
         for m in range(c.grad_accum):
             block = idx[m * c.batch_size * self.world : (m + 1) * c.batch_size * self.world]
-            mine = block[self.rank * c.batch_size : (self.rank + 1) * c.batch_size]
+            yield block[self.rank * c.batch_size : (self.rank + 1) * c.batch_size]
+
+    def _micro_batches(self):
+        """This process's micro-batches for the next optimizer step."""
+        for mine in self._micro_batch_indices():
             yield self.train_windows.input_ids[mine], self.train_windows.score_from[mine]
+
+    def batch_loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of one micro-batch and its parts (a subclass with other data or another loss overrides this)."""
+        c = self.config
+        hidden = c.hidden_weight > 0
+        ids, score_from = batch
+        ids = ids.to(self.device)
+        teacher_out = None
+        if c.needs_teacher:
+            with torch.no_grad():
+                teacher_out = self.teacher(input_ids=ids, use_cache=False, output_hidden_states=hidden)
+        student_out = self.student(input_ids=ids, use_cache=False, output_hidden_states=hidden)
+        return distillation_loss(student_out, teacher_out, ids, c, self.layer_map, score_from)
 
     # -- one step ---------------------------------------------------------------------------
     def _autocast(self):
@@ -221,19 +244,12 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         c = self.config
-        hidden = c.hidden_weight > 0
         sums: dict[str, float] = {}
         micro = list(self._micro_batches())
-        for m, (ids, score_from) in enumerate(micro):
-            ids = ids.to(self.device)
+        for m, batch in enumerate(micro):
             sync = contextlib.nullcontext() if m == len(micro) - 1 else self.accelerator.no_sync(self.student)
             with sync, self._autocast():
-                teacher_out = None
-                if c.needs_teacher:
-                    with torch.no_grad():
-                        teacher_out = self.teacher(input_ids=ids, use_cache=False, output_hidden_states=hidden)
-                student_out = self.student(input_ids=ids, use_cache=False, output_hidden_states=hidden)
-                loss, parts = distillation_loss(student_out, teacher_out, ids, c, self.layer_map, score_from)
+                loss, parts = self.batch_loss(batch)
                 (loss / c.grad_accum).backward()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v / len(micro)

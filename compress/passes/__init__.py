@@ -11,9 +11,11 @@ from .ort_quant import OrtQuantize
 from .pruning import MagnitudePrune, WandaPrune
 from .sparsegpt import SparseGPTPrune
 from .structured import ChannelPrune, HeadPrune, LayerDrop
+from ..encoders.distill import EmbeddingDistill
 
 __all__ = [
     "REGISTRY", "CalibrationData", "Pass", "PassContext", "build_pass",
     "MagnitudePrune", "WandaPrune", "SparseGPTPrune", "ChannelPrune", "HeadPrune", "LayerDrop",
-    "Distill", "DropLayers", "BnbQuantize", "OnnxExport", "OrtQuantize", "GgufExport", "OrtGenaiExport", "GptqQuantize",
+    "Distill", "DropLayers", "EmbeddingDistill", "BnbQuantize", "OnnxExport", "OrtQuantize", "GgufExport",
+    "OrtGenaiExport", "GptqQuantize",
 ]

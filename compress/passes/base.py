@@ -69,6 +69,10 @@ class Pass(BaseModel):
     # A pass whose result is saved as one file (".gguf"): it must be a recipe's last pass,
     # and the output path must end in this suffix.
     output_file_suffix: ClassVar[str | None] = None
+    # Set on passes that only make sense for causal LMs (next-token distributions, KV caches):
+    # given an encoder, they refuse in one line before any work (see compress.encoders).
+    decoder_only: ClassVar[bool] = False
+    encoder_alternative: ClassVar[str] = "no pass does this for encoders yet"
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -82,6 +86,10 @@ class Pass(BaseModel):
     def __call__(self, artifact: Artifact, ctx: PassContext | None = None, inplace: bool = False) -> Artifact:
         """Apply the pass. Works on a copy unless inplace, so the caller's model is never modified."""
         ctx = ctx or PassContext()
+        if self.decoder_only:
+            from ..encoders.architecture import refuse_encoder
+
+            refuse_encoder(artifact, f"the {self.name} pass", self.encoder_alternative)
         result = artifact if inplace else artifact.copy()
         log.info(f"Applying {self.name}: {self.describe()}")
         start = time.perf_counter()

@@ -4,7 +4,8 @@ The pass goes through transformers' own loading path: the float model is
 written to a private temporary directory and reloaded with a
 `BitsAndBytesConfig`, so the result is exactly what `from_pretrained` builds,
 and its `save_pretrained` output (weights plus `quantization_config` in
-config.json) reloads quantized with a stock `AutoModelForCausalLM.from_pretrained`.
+config.json) reloads quantized with a stock `AutoModelForCausalLM.from_pretrained`
+(`AutoModel` for an encoder).
 
 Mixed precision: `keep` lists module-name globs left in float (the LM head
 is always kept: transformers never quantizes it), and `keep_first`/`keep_last`
@@ -93,7 +94,8 @@ class BnbQuantize(Pass):
 
     def apply(self, artifact, ctx: PassContext) -> dict[str, Any]:
         import torch
-        from transformers import AutoModelForCausalLM
+
+        from ..encoders.loading import auto_class
 
         refuse_if_quantized(artifact, "bnb_quantize")
         if not isinstance(artifact.model, torch.nn.Module):
@@ -110,7 +112,7 @@ class BnbQuantize(Pass):
             log.debug("LLM.int8 layers compute in float16; the rest of the model stays float32")
         with tempfile.TemporaryDirectory(prefix="compress-bnb-") as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
-            quantized = AutoModelForCausalLM.from_pretrained(
+            quantized = auto_class(model).from_pretrained(  # AutoModel for an encoder
                 tmp, quantization_config=self.quantization_config(skip), device_map={"": device}, dtype=dtype,
             )
         quantized.eval()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from ..artifact import Artifact
 from ..devices import check_device_name
@@ -52,14 +52,13 @@ class DropLayers(Pass):
         return metrics
 
 
-class Distill(TrainConfig, Pass):
-    """Train the artifact against a frozen teacher on the calibration text."""
+class TeacherTraining(BaseModel):
+    """What a training pass inside a recipe needs beyond its training settings: the teacher, a device, checkpoints.
 
-    name = "distill"
-    needs_calibration = True
+    Shared by `distill` and the encoders' `embedding_distill`.
+    """
 
     teacher: str = Field("source", description="teacher model; 'source' is the model the recipe started from")
-    train_windows: int | None = Field(None, ge=1, description="training windows of seq_len tokens (None: all)")
     device: str = Field("cpu", description="cpu or cuda")
     checkpoint_dir: str | None = Field(None, description="where checkpoints go (with checkpoint_every)")
     resume: bool = Field(False, description="continue from the newest checkpoint in checkpoint_dir")
@@ -71,27 +70,38 @@ class Distill(TrainConfig, Pass):
 
     @model_validator(mode="after")
     def _no_eval_in_pass(self):
-        if self.eval_every:
+        if getattr(self, "eval_every", 0):
             raise ValueError("eval_every is not available inside a recipe; the recipe's evaluation section "
                              "measures the result")
         return self
 
-    def training_config(self) -> TrainConfig:
-        return TrainConfig(**{k: getattr(self, k) for k in TrainConfig.model_fields})
-
-    def _teacher(self, artifact: Artifact) -> Artifact:
+    def load_teacher(self, artifact: Artifact) -> Artifact:
         from ..models import load_artifact
 
         ref = self.teacher
         if ref == "source":
             ref = artifact.source.get("ref")  # an alias, hub id or path, as the recipe's model was given
             if not ref:
-                raise UserError("distill: the artifact has no recorded source to use as teacher; set 'teacher'")
+                raise UserError(f"{self.name}: the artifact has no recorded source to use as teacher; set 'teacher'")
         return load_artifact(str(ref))
+
+
+class Distill(TrainConfig, TeacherTraining, Pass):
+    """Train the artifact against a frozen teacher on the calibration text."""
+
+    name = "distill"
+    needs_calibration = True
+    decoder_only = True  # it matches next-token distributions
+    encoder_alternative = "use embedding_distill, which matches the teacher's sentence embeddings and hidden states"
+
+    train_windows: int | None = Field(None, ge=1, description="training windows of seq_len tokens (None: all)")
+
+    def training_config(self) -> TrainConfig:
+        return TrainConfig(**{k: getattr(self, k) for k in TrainConfig.model_fields})
 
     def apply(self, artifact: Artifact, ctx: PassContext) -> dict[str, Any]:
         config = self.training_config()
-        teacher = self._teacher(artifact) if config.needs_teacher else None
+        teacher = self.load_teacher(artifact) if config.needs_teacher else None
         windows = training_windows(artifact.tokenizer, ctx.calibration, self.seq_len, self.train_windows)
         result = distill_into(artifact, teacher, windows, config, checkpoint_dir=self.checkpoint_dir,
                               resume=self.resume, device=self.device, final_eval=False)

@@ -38,6 +38,8 @@ class GgufExport(Pass):
 
     name: ClassVar[str] = "gguf_export"
     output_file_suffix: ClassVar[str | None] = ".gguf"
+    decoder_only: ClassVar[bool] = True  # llama.cpp's GGUF models here are causal LMs
+    encoder_alternative: ClassVar[str] = "export it to ONNX (onnx_export, ort_quantize) for ONNX Runtime instead"
 
     type: str = Field("q8_0", description=f"weight type of every matrix: {', '.join(EXPORT_TYPES)}")
     overrides: dict[str, str] = Field(

@@ -1,4 +1,4 @@
-"""Export a PyTorch causal LM to ONNX for generation with past key values.
+"""Export a PyTorch causal LM to ONNX for generation with past key values (an encoder: feature extraction).
 
 The export itself is optimum-onnx's (`onnx_export_from_model`, task
 `text-generation-with-past`): no hand-written export code. Afterwards the pass
@@ -95,22 +95,40 @@ class OnnxExport(Pass):
         return export_to_onnx(artifact, self.opset, self.provider, self.check, self.max_logit_diff)
 
 
-def export_to_onnx(artifact, opset: int | None = None, provider: str = "CPUExecutionProvider",
-                   check: bool = True, max_logit_diff: float = 1e-2) -> dict[str, Any]:
-    """Replace artifact.model by its ONNX export (in place); return what was measured."""
+def optimum_export(torch_model, tokenizer, task: str, onnx_class=OnnxCausalLM, opset: int | None = None,
+                   provider: str = "CPUExecutionProvider"):
+    """optimum-onnx's export of `torch_model` for `task` into a new directory held by an `onnx_class` object."""
     from optimum.exporters.onnx import onnx_export_from_model
 
-    torch_model = artifact.model
-    onnx_model = OnnxCausalLM.new_directory(provider=provider)
-    preprocessors = [artifact.tokenizer] if artifact.tokenizer is not None else None
+    onnx_model = onnx_class.new_directory(provider=provider)
+    preprocessors = [tokenizer] if tokenizer is not None else None
     try:
         with _quiet_export():
-            onnx_export_from_model(torch_model, onnx_model.directory, opset=opset, task="text-generation-with-past",
+            onnx_export_from_model(torch_model, onnx_model.directory, opset=opset, task=task,
                                    do_validation=False, preprocessors=preprocessors)
     except (ValueError, KeyError, NotImplementedError) as exc:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         arch = getattr(torch_model.config, "model_type", "?")
-        raise UserError(f"optimum-onnx cannot export this model (architecture {arch}): {first}") from None
+        raise UserError(f"optimum-onnx cannot export this model (architecture {arch}, task {task}): {first}") from None
+    return onnx_model
+
+
+def export_to_onnx(artifact, opset: int | None = None, provider: str = "CPUExecutionProvider",
+                   check: bool = True, max_logit_diff: float = 1e-2) -> dict[str, Any]:
+    """Replace artifact.model by its ONNX export (in place); return what was measured.
+
+    An encoder goes through optimum's feature-extraction task instead (compress.encoders.onnx).
+    """
+    from ..encoders.architecture import is_encoder
+
+    if is_encoder(artifact):
+        from ..encoders.onnx import export_encoder_to_onnx
+
+        return export_encoder_to_onnx(artifact, opset, provider, check)
+
+    torch_model = artifact.model
+    onnx_model = optimum_export(torch_model, artifact.tokenizer, "text-generation-with-past", OnnxCausalLM, opset,
+                                provider)
     metrics: dict[str, Any] = {"onnx_bytes": onnx_model.size_bytes()}
     if check and artifact.tokenizer is not None:
         metrics.update(check_against_torch(torch_model, onnx_model, artifact.tokenizer))

@@ -199,6 +199,9 @@ class OrtGenaiExport(Pass):
     """The fast ONNX Runtime LLM graph (onnxruntime-genai's builder) at fp32, int8 or int4, checked against PyTorch."""
 
     name: ClassVar[str] = "ort_genai_export"
+    decoder_only: ClassVar[bool] = True  # the builder writes causal-LM graphs
+    encoder_alternative: ClassVar[str] = ("use ort_quantize method weight-int8 (weight-only int8 with int8 compute on "
+                                          "optimum's graph) or onnx_export")
 
     precision: Literal["fp32", "int8", "int4"] = "int8"
     block_size: int = Field(32, ge=16, le=256, description="weights per scale (int8/int4); a power of two")

@@ -46,6 +46,7 @@ DEFAULT_INT8_KEEP = ["*.mlp.down_proj", "*.mlp.c_proj"]
 DEFAULT_INT8_KEEP_FIRST = 2
 DEFAULT_INT8_KEEP_LAST = 2
 _WEIGHT_OPS = ("MatMul", "Gemm")
+NBITS_METHODS = {"int4": 4, "weight-int8": 8}  # MatMulNBits: bits per weight
 
 
 def module_name(node_name: str) -> str:
@@ -133,8 +134,10 @@ class OrtQuantize(Pass):
 
     # dynamic-int8: weights per channel, activations quantized at run time (`quantize_dynamic`);
     # int4: MatMulNBits. Both on optimum's graph. "int8" is this pass's former name for
-    # dynamic-int8 and still means it; the int8 that keeps quality is `ort_genai_export`.
-    method: Literal["dynamic-int8", "int4"] = "dynamic-int8"
+    # dynamic-int8 and still means it; the int8 that keeps quality is `ort_genai_export` for causal LMs.
+    # weight-int8: MatMulNBits 8-bit, weights only, int8 compute (accuracy_level 4 unless set): the same
+    # kind of int8 on optimum's graph, for graphs the genai builder does not make (encoders: docs/encoders.md).
+    method: Literal["dynamic-int8", "int4", "weight-int8"] = "dynamic-int8"
     # Module-name globs left in float. None: the method's default (int8: the MLP
     # down projections, see the module docstring; int4: nothing).
     keep: list[str] | None = None
@@ -170,21 +173,22 @@ class OrtQuantize(Pass):
         require_onnxruntime()
         if self.block_size & (self.block_size - 1):
             raise UserError(f"ort_quantize: block_size must be a power of two (16, 32, 64, 128...), got {self.block_size}")
+        nbits = self.method in NBITS_METHODS
         if self.algorithm != "rtn" and self.method != "int4":
             raise UserError(f"ort_quantize: algorithm {self.algorithm!r} is for method int4; drop it for dynamic-int8")
-        if self.method == "int4" and not ort_runtime_has_op("MatMulNBits"):
+        if nbits and not ort_runtime_has_op("MatMulNBits"):
             import onnxruntime
 
             raise UserError(
-                f"ort_quantize int4 needs the MatMulNBits operator, which ONNX Runtime {onnxruntime.__version__} "
+                f"ort_quantize {self.method} needs the MatMulNBits operator, which ONNX Runtime {onnxruntime.__version__} "
                 "lacks; upgrade onnxruntime (1.17+) or use method dynamic-int8"
             )
-        if self.method == "int4":
+        if nbits:
             try:
                 from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer  # noqa: F401
                 import onnx_ir  # noqa: F401
             except ImportError as exc:
-                raise UserError(f"ort_quantize int4 needs {exc.name}: pip install onnx-ir") from None
+                raise UserError(f"ort_quantize {self.method} needs {exc.name}: pip install onnx-ir") from None
         from ..genai_model import is_genai
 
         if is_genai(artifact):
@@ -202,7 +206,7 @@ class OrtQuantize(Pass):
         import onnx
 
         source: OnnxCausalLM = artifact.model
-        target = OnnxCausalLM.new_directory(provider=source.provider, threads=source.threads)
+        target = type(source).new_directory(provider=source.provider, threads=source.threads)  # encoder or LM
         for item in source.directory.iterdir():
             if item.is_file() and not item.name.startswith(ONNX_FILE):
                 (target.directory / item.name).write_bytes(item.read_bytes())
@@ -223,7 +227,7 @@ class OrtQuantize(Pass):
         if self.method == "dynamic-int8":
             self._int8(onnx_in, target.onnx_path, chosen)
         else:
-            self._int4(onnx_in, target.onnx_path, kept)
+            self._nbits(onnx_in, target.onnx_path, kept, NBITS_METHODS[self.method])
         if onnx_in != source.onnx_path:
             onnx_in.unlink()
         artifact.model = target
@@ -261,7 +265,7 @@ class OrtQuantize(Pass):
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(_WEIGHT_OPS), nodes_to_quantize=nodes,
                          per_channel=self.per_channel, reduce_range=self.reduce_range, weight_type=weight_type)
 
-    def _int4(self, src: Path, dst: Path, excluded: list[str]) -> None:
+    def _nbits(self, src: Path, dst: Path, excluded: list[str], bits: int) -> None:
         import onnx
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -273,8 +277,9 @@ class OrtQuantize(Pass):
 
             algo_config = HQQWeightOnlyQuantConfig(block_size=self.block_size, bits=4,
                                                    op_types_to_quantize=("MatMul",))
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=self.block_size,
-                                         is_symmetric=self.symmetric, accuracy_level=self.accuracy_level,
+        accuracy = self.accuracy_level if self.accuracy_level is not None or bits == 4 else 4  # weight-int8: int8 compute
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=bits, block_size=self.block_size,
+                                         is_symmetric=self.symmetric, accuracy_level=accuracy,
                                          nodes_to_exclude=excluded, op_types_to_quantize=("MatMul",),
                                          algo_config=algo_config)
         quantizer.process()

@@ -1,11 +1,12 @@
 """Structured pruning: remove rows and columns so the model really gets smaller.
 
 Three passes, each rewriting the tensors and the model config so that a stock
-``AutoModelForCausalLM.from_pretrained`` reloads the result:
+``AutoModelForCausalLM.from_pretrained`` (``AutoModel`` for an encoder) reloads the result:
 
 * ``channel_prune``: MLP intermediate channels (Llama-style gate/up/down, GPT-2
   c_fc/c_proj); updates ``intermediate_size`` (``n_inner`` on GPT-2).
-* ``head_prune``: attention heads, grouped-query aware (Llama-style models only).
+* ``head_prune``: attention heads, grouped-query aware (Llama-style models; BERT-family
+  encoders through transformers' ``pruned_heads``, see compress/encoders/structure.py).
   ``mode=groups`` removes whole key/value groups with their query heads;
   ``mode=query`` removes the same number of query heads from every group. The
   ratio is checked against the head layout before any work; a ratio that does
@@ -49,6 +50,9 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ..artifact import Artifact
+from ..distill.students import renumber_layer_config
+from ..encoders.architecture import is_encoder_config, is_encoder_model
+from ..encoders.structure import heads_to_remove, prune_encoder_heads
 from ..errors import UserError
 from ..layers import WeightMatrix, count_parameters
 from ..progress import log
@@ -74,7 +78,7 @@ class Block:
 
 @dataclass
 class Layout:
-    kind: str  # "llama" | "gpt2"
+    kind: str  # "llama" | "gpt2" | "bert" (BERT-family encoders)
     parent: nn.Module  # holds the ModuleList of blocks
     attr: str  # its attribute name ("layers" / "h")
     blocks: list[Block]
@@ -106,9 +110,20 @@ def model_layout(model) -> Layout:
             for i, b in enumerate(layers)
         ]
         return Layout("gpt2", inner, "h", blocks)
+    inner = getattr(model, "encoder", None)  # BERT-family encoders (compress.encoders)
+    layers = getattr(inner, "layer", None)
+    if isinstance(layers, nn.ModuleList) and all(
+        hasattr(getattr(b, "intermediate", None), "dense") and hasattr(getattr(b, "output", None), "dense") for b in layers
+    ):
+        blocks = [
+            Block(b, [WeightMatrix(f"encoder.layer.{i}.intermediate.dense", b.intermediate.dense)],
+                  WeightMatrix(f"encoder.layer.{i}.output.dense", b.output.dense), b.attention)
+            for i, b in enumerate(layers)
+        ]
+        return Layout("bert", inner, "layer", blocks)
     raise UserError(
-        f"structured pruning supports Llama-style (model.layers with mlp.gate/up/down_proj) and GPT-2 models; "
-        f"{type(model).__name__} is neither; use unstructured pruning (magnitude_prune, wanda_prune) instead"
+        f"structured pruning supports Llama-style (model.layers with mlp.gate/up/down_proj), GPT-2 and BERT-family "
+        f"models; {type(model).__name__} is none of these; use unstructured pruning (magnitude_prune, wanda_prune) instead"
     )
 
 
@@ -369,6 +384,9 @@ class HeadPrune(StructuredPrune):
         """Refuse a ratio that does not fit the model's head layout, from its config alone (before loading it)."""
         if getattr(config, "model_type", "") == "gpt2":
             raise UserError(self._gpt2_message)
+        if is_encoder_config(config):
+            heads_to_remove(self.ratio, self.mode, config)
+            return
         heads = config.num_attention_heads
         self.check_ratio(heads, getattr(config, "num_key_value_heads", None) or heads)
 
@@ -432,6 +450,8 @@ class HeadPrune(StructuredPrune):
 
     def apply(self, artifact: Artifact, ctx: PassContext) -> dict:
         model = artifact.model
+        if is_encoder_model(model):  # through transformers' own pruned_heads (compress.encoders.structure)
+            return prune_encoder_heads(self.ratio, self.mode, self.importance, artifact, ctx)
         heads, kv, d = self.heads(model)
         k = self.check_ratio(heads, kv)
         layout = model_layout(model)
@@ -522,10 +542,7 @@ class LayerDrop(Pass):
                 if hasattr(m, "layer_idx"):
                     m.layer_idx = new_idx
         setattr(layout.parent, layout.attr, new_layers)
-        cfg = model.config
-        cfg.num_hidden_layers = len(kept)
-        if isinstance(getattr(cfg, "layer_types", None), list):
-            cfg.layer_types = [cfg.layer_types[i] for i in kept]
+        renumber_layer_config(model.config, kept)
         return {
             "layers_before": n,
             "layers_after": len(kept),

@@ -1,0 +1,188 @@
+"""`embedding_distill`: train an encoder to reproduce its teacher's sentence embeddings (and hidden states).
+
+``total = embedding_weight * E(student embedding, teacher embedding)
+        + hidden_weight * mean over mapped layers of H(student_j, teacher_map[j])``
+
+* ``E``: ``cosine`` (1 - cosine similarity of the pooled embeddings; what
+  retrieval uses) or ``mse`` (squared error of the embeddings as the pipeline
+  outputs them, normalised where it normalises, as sentence-transformers'
+  distillation does);
+* ``H``: ``cosine`` or ``mse`` between token hidden states over the real
+  (unpadded) tokens, student layer j imitating teacher layer ``layer_map[j]``
+  (the layer it was copied from after layer dropping, else spread evenly);
+  this needs equal hidden sizes, which channel and head pruning keep.
+
+Training text is the recipe's calibration text, cut into sentences
+(sentences.py; never the evaluation part), tokenized once up to ``seq_len``
+tokens with [CLS]/[SEP] as in use, padded per batch. The loop is the
+distillation trainer's (compress/distill/train.py: seeded order, schedules,
+gradient clipping, resumable checkpoints), with the batch and the loss
+replaced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..distill.loss import HiddenLoss, hidden_alignment
+from ..distill.train import OptimizationConfig, Trainer
+from ..errors import UserError
+from ..passes.base import Pass, PassContext
+from ..passes.distillation import TeacherTraining
+from .pooling import Pooling, pool
+from .sentences import SentenceSpec, load_sentences, max_tokens
+
+EmbeddingLoss = Literal["cosine", "mse"]
+
+
+class EmbeddingLossConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    embedding_weight: float = Field(1.0, ge=0.0, description="weight of the pooled-embedding loss")
+    embedding_loss: EmbeddingLoss = Field("cosine", description="cosine (1 - cos) or mse on the embeddings")
+    hidden_weight: float = Field(0.0, ge=0.0, description="weight of the token hidden-state alignment")
+    hidden_loss: HiddenLoss = "cosine"
+
+    @model_validator(mode="after")
+    def _something_to_learn(self):
+        if self.embedding_weight == 0 and self.hidden_weight == 0:
+            raise ValueError("embedding_weight and hidden_weight are both 0: nothing to train on")
+        return self
+
+    @property
+    def needs_teacher(self) -> bool:
+        return True
+
+
+class EmbeddingTrainConfig(EmbeddingLossConfig, OptimizationConfig):
+    """The loss plus the optimisation settings; defaults sized for a small sentence encoder on a CPU."""
+
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(32, ge=1, description="sentences per micro-batch, per process")
+    seq_len: int = Field(128, ge=8, description="tokens per training sentence at most ([CLS] and [SEP] included)")
+    lr: float = Field(5e-5, gt=0.0)
+    warmup_steps: int = Field(20, ge=0)
+
+
+def embedding_loss(student: torch.Tensor, teacher: torch.Tensor, kind: EmbeddingLoss) -> torch.Tensor:
+    if kind == "cosine":
+        return (1 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)).mean()
+    return F.mse_loss(student.float(), teacher.float())
+
+
+@dataclass
+class SentenceBatches:
+    """Training sentences tokenized once: tensors padded to `seq_len`, trimmed per micro-batch."""
+
+    tensors: dict[str, torch.Tensor]
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def input_ids(self) -> torch.Tensor:  # the trainer checks its width against seq_len
+        return self.tensors["input_ids"]
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def take(self, rows: list[int]) -> dict[str, torch.Tensor]:
+        width = int(self.tensors["attention_mask"][rows].sum(1).max())
+        return {k: v[rows][:, :width] for k, v in self.tensors.items()}
+
+
+def training_sentences(tokenizer, calibration, seq_len: int, count: int | None = None) -> SentenceBatches:
+    sentences = load_sentences(SentenceSpec.from_text(calibration, sentences=count))
+    tensors = dict(tokenizer(sentences.texts, padding="max_length", truncation=True, max_length=seq_len,
+                             return_tensors="pt"))
+    return SentenceBatches(tensors, {**sentences.provenance, "seq_len": seq_len})
+
+
+class EmbeddingTrainer(Trainer):
+    """The distillation trainer with sentence batches and the embedding loss."""
+
+    def __init__(self, student, teacher, sentences: SentenceBatches, config: EmbeddingTrainConfig,
+                 pooling: Pooling, **kwargs):
+        super().__init__(student, teacher, sentences, config, **kwargs)
+        self.pooling = pooling
+
+    def _micro_batches(self):
+        for mine in self._micro_batch_indices():
+            yield self.train_windows.take(mine)
+
+    def batch_loss(self, batch):
+        c = self.config
+        hidden = c.hidden_weight > 0
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        mask = batch["attention_mask"]
+        with torch.no_grad():
+            t = self.teacher(**batch, output_hidden_states=hidden)
+        s = self.student(**batch, output_hidden_states=hidden)
+        total = torch.zeros((), device=self.device)
+        parts: dict[str, float] = {}
+        if c.embedding_weight > 0:
+            e = embedding_loss(pool(s.last_hidden_state, mask, self.pooling),
+                               pool(t.last_hidden_state, mask, self.pooling), c.embedding_loss)
+            parts["embedding"] = float(e.detach())
+            total = total + c.embedding_weight * e
+        if hidden:
+            h = hidden_alignment(s.hidden_states, t.hidden_states, self.layer_map, mask.bool(), c.hidden_loss)
+            parts["hidden"] = float(h.detach())
+            total = total + c.hidden_weight * h
+        parts["loss"] = float(total.detach())
+        return total, parts
+
+
+def check_student(teacher, student) -> None:
+    if teacher.tokenizer.get_vocab() != student.tokenizer.get_vocab():
+        raise UserError("the student's tokenizer differs from the teacher's; embedding distillation feeds both "
+                        "the same tokens, so they must share one")
+    t_h, s_h = teacher.model.config.hidden_size, student.model.config.hidden_size
+    if t_h != s_h:
+        raise UserError(f"the student's embeddings and hidden states have {s_h} dimensions and the teacher's {t_h}; "
+                        "embedding distillation needs the same width")
+
+
+class EmbeddingDistill(EmbeddingTrainConfig, TeacherTraining, Pass):
+    """Train an encoder against a frozen teacher's sentence embeddings (see the module docstring)."""
+
+    name = "embedding_distill"
+    needs_calibration = True
+
+    train_sentences: int | None = Field(None, ge=2, description="training sentences (None: all of the text's part)")
+
+    def training_config(self) -> EmbeddingTrainConfig:
+        return EmbeddingTrainConfig(**{k: getattr(self, k) for k in EmbeddingTrainConfig.model_fields})
+
+    def apply(self, artifact, ctx: PassContext) -> dict[str, Any]:
+        from ..distill import student_layer_map
+        from ..encoders.architecture import is_encoder
+        from ..onnx_utils import is_onnx
+        from ..passes.quantization import quantization_state
+
+        if not is_encoder(artifact):
+            raise UserError("embedding_distill trains sentence encoders; for a causal LM use distill")
+        if is_onnx(artifact) or quantization_state(artifact):
+            raise UserError("embedding_distill trains a float PyTorch encoder; put it before quantization and ONNX export")
+        teacher = self.load_teacher(artifact)
+        if not is_encoder(teacher):
+            raise UserError(f"the teacher {self.teacher} is not an encoder; embedding distillation needs one")
+        config = self.training_config()
+        check_student(teacher, artifact)
+        length = min(config.seq_len, max_tokens(artifact.tokenizer, artifact.model.config, artifact.pooling))
+        if length != config.seq_len:
+            raise UserError(f"seq_len {config.seq_len} is longer than the model takes ({length} tokens); "
+                            f"use seq_len {length} or less")
+        data = training_sentences(artifact.tokenizer, ctx.calibration, config.seq_len, self.train_sentences)
+        layer_map = student_layer_map(artifact, teacher) if config.hidden_weight > 0 else None
+        trainer = EmbeddingTrainer(artifact.model, teacher.model, data, config, artifact.pooling,
+                                   checkpoint_dir=self.checkpoint_dir if config.checkpoint_every or self.resume else None,
+                                   layer_map=layer_map, device=self.device)
+        result = trainer.run(resume=self.resume, final_eval=False)
+        artifact.model = trainer.model.to("cpu").eval()
+        from ..distill import summarize
+
+        return {**summarize(result), "teacher": teacher.source, "train_data": data.provenance}

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from compress.cli import main
+from encoder_fixtures import bert_tokenizer, tiny_bert, tiny_bert_dir  # noqa: F401  (fixtures)
 from compress.errors import UserError
 from compress.passes.base import CalibrationData, PassContext, build_pass
 
@@ -321,6 +322,16 @@ def test_cli_refuses_bad_input_in_one_line(capsys, tiny_llama_dir, tmp_path, arg
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
+
+
+def test_an_encoder_is_refused_in_one_line(capsys, tiny_bert_dir, tiny_bert, tmp_path):
+    """A BERT folder loads (compress handles encoders), but a next-token budget and a llama.cpp file are not for it."""
+    code = main(["-q", "quantize", str(tiny_bert_dir), "--target-kl", "0.02", "-o", str(tmp_path / "x.gguf")])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a bert encoder; --target-kl writes a GGUF" in err and "ort-weight-int8" in err
+    assert len(err.strip().splitlines()) == 1 and not any(tmp_path.iterdir())
+    with pytest.raises(UserError, match="auto_quantize pass is for decoder .* ort-weight-int8"):
+        build_pass("auto_quantize", {"target_kl": 0.02})(tiny_bert, ctx())
 
 
 def test_cli_output_must_be_a_gguf_file(capsys, tiny_llama_dir, tmp_path):

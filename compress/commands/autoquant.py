@@ -22,6 +22,7 @@ def run_autoquant(model: str, target_kl: float, types: str, search_windows: int,
                   trust_remote_code: bool, data: dict) -> None:
     from ..cli_options import data_specs
     from ..data import check_disjoint
+    from ..encoders.architecture import is_encoder_config
     from ..llamacpp import require_llama_cpp
     from ..errors import UserError
     from ..models import load_artifact, load_config, resolve_source
@@ -29,6 +30,7 @@ def run_autoquant(model: str, target_kl: float, types: str, search_windows: int,
     from ..progress import log
     from ..saving import check_output_file, save_artifact
     from ..support import check_sequence_lengths
+    from ..passes.auto_quantize import ENCODER_ALTERNATIVE
     from .quantize import echo_quality, run_guard
 
     quant = build_pass("auto_quantize", {"target_kl": target_kl, "types": types, "search_windows": search_windows,
@@ -39,6 +41,9 @@ def run_autoquant(model: str, target_kl: float, types: str, search_windows: int,
     source = resolve_source(model)
     check_output_file(output, force, source.path, quant.output_file_suffix)
     config = load_config(model, trust_remote_code=trust_remote_code)
+    if is_encoder_config(config):  # refused from the config, before any weights are read
+        raise UserError(f"{model} is a {config.model_type} encoder; --target-kl writes a GGUF for llama.cpp, which runs "
+                        f"causal language models here; {ENCODER_ALTERNATIVE}")
     check_sequence_lengths(config, model, {"calibration": calibration.seq_len,
                                            "evaluation": evaluation.seq_len if evaluation else None})
     if calibration.samples < search_windows + check_windows:

@@ -37,6 +37,7 @@ from ..progress import log, progress
 from .base import Pass, PassContext
 
 DEFAULT_CURVE = (0.005, 0.01, 0.02, 0.05, 0.1)
+ENCODER_ALTERNATIVE = "quantize an encoder with --method ort-weight-int8 (or ort-dynamic-int8, ort-optimum-int4)"
 REFERENCE_TYPE = "q8_0"  # speed-ups are predicted against every matrix at q8_0
 _SENSITIVITY_CACHE: "OrderedDict[tuple, dict]" = OrderedDict()
 _SENSITIVITY_CACHE_SIZE = 2
@@ -56,6 +57,8 @@ class AutoQuantize(Pass):
     name: ClassVar[str] = "auto_quantize"
     needs_calibration: ClassVar[bool] = True
     output_file_suffix: ClassVar[str | None] = ".gguf"
+    decoder_only: ClassVar[bool] = True  # next-token KL, and a GGUF that llama.cpp runs as a causal LM
+    encoder_alternative: ClassVar[str] = ENCODER_ALTERNATIVE
 
     target_kl: float = Field(..., gt=0, description="budget: mean KL(base || result) per token on held-out "
                              "calibration windows")

@@ -46,6 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--builtin-windows", type=int, default=None,
                    help="windows of the built-in evaluation half [default: --eval-windows]")
     p.add_argument("--eval-seq-len", type=int, default=1024)
+    p.add_argument("--only", choices=("wikitext2", "builtin"), default=None, help="measure on one of the two texts")
     p.add_argument("--results", type=Path, default=HERE)
     return p.parse_args(argv)
 
@@ -110,6 +111,8 @@ def main(argv=None) -> None:
         "builtin": EvaluationData(source="builtin", split="evaluation", windows=args.builtin_windows or args.eval_windows,
                                   seq_len=args.eval_seq_len).load(base.tokenizer),
     }
+    if args.only:
+        windows = {args.only: windows[args.only]}
     models = {path: LlamaCppCausalLM(path) for path in args.files}
     rows = {path: {"file": str(path), "name": path.stem, "gguf_bytes": path.stat().st_size,
                    "record": mix_record(path)} for path in args.files}

@@ -282,6 +282,8 @@ CASES = [
          "GPT-2 (gpt2) causal language models; BERT (bert)"),
     Case("quantize-distilbert-folder", 6, lambda e: ["quantize", str(e.bert), "--method", "bnb-int8", "-o", "out"],
          "which compress does not support"),
+    Case("target-kl-distilbert-folder", 6,
+         lambda e: ["quantize", str(e.bert), "--target-kl", "0.02", "-o", "out.gguf"], "which compress does not support"),
     Case("distill-distilbert-teacher", 6,
          lambda e: ["distill", "--teacher", str(e.bert), "--student-layers", "1", "-o", "out"],
          "which compress does not support"),

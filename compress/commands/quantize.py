@@ -1,5 +1,5 @@
-"""`compress quantize`: bitsandbytes, ONNX Runtime or GPTQ (onto a runtime's grid) quantization, then the
-quality guard."""
+"""`compress quantize`: bitsandbytes, ONNX Runtime or GPTQ (onto a runtime's grid) quantization, or mixed
+GGUF types under a KL budget (--target-kl, compress.commands.autoquant), then the quality guard."""
 
 from __future__ import annotations
 
@@ -22,6 +22,25 @@ FAST_GRAPH_METHODS = ("ort-int8", "ort-int4")
 GPTQ_ONLY = (("grid", "--grid"), ("asymmetric", "--asymmetric"), ("act_order", "--act-order/--no-act-order"),
              ("clip_search", "--clip-search"), ("damp", "--damp"), ("sequential", "--sequential/--one-shot"),
              ("keep_sparsity", "--keep-sparsity"))
+# Options of --method only (every method's), refused with --target-kl when given.
+METHOD_ONLY = (("keep", "--keep"), ("keep_first", "--keep-first"), ("keep_last", "--keep-last"),
+               ("device", "--device"), ("double_quant", "--double-quant/--no-double-quant"),
+               ("compute_dtype", "--compute-dtype"), ("block_size", "--block-size"), ("reduce_range", "--reduce-range"),
+               ("int4_algorithm", "--int4-algorithm")) + GPTQ_ONLY
+# Options of --target-kl only, refused with --method when given.
+AUTOQUANT_ONLY = (("types", "--types"), ("search_windows", "--search-windows"), ("check_windows", "--check-windows"))
+
+
+def refuse_given(options: tuple[tuple[str, str], ...], applies_to: str, not_to: str) -> None:
+    """One-line UserError when any of `options` (parameter, flag) was given on this command line rather than
+    left at its default: "FLAGS only apply to APPLIES_TO, not to NOT_TO"."""
+    from ..errors import UserError
+
+    ctx = click.get_current_context()
+    given = [flag for name, flag in options if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
+    if given:
+        raise UserError(f"{', '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} to {applies_to}, "
+                        f"not to {not_to}")
 
 
 def build_gptq_pass(grid: str | None, block_size: int, asymmetric: bool, act_order: bool | None, clip_search: bool,
@@ -137,6 +156,14 @@ def echo_quality(quality: dict | None, output: str) -> None:
     click.echo(f"saved to {output}")
 
 
+def autoquant_options(f):
+    from .autoquant import OPTIONS
+
+    for opt in reversed(OPTIONS):
+        f = opt(f)
+    return f
+
+
 def guard_options(f):
     from ..passes.quantization import QUANT_MAX_KL, QUANT_MIN_TOP1
 
@@ -171,12 +198,13 @@ def _json_config(directory: Path) -> dict:
 
 @click.command("quantize")
 @click.argument("model")
-@click.option("--method", type=click.Choice(METHODS), required=True,
+@click.option("--method", type=click.Choice(METHODS), default=None,
               help="bnb-*: bitsandbytes (PyTorch checkpoint); ort-int8/ort-int4: the fast onnxruntime-genai graph "
                    "(weight-only, int8 compute; causal LMs); ort-dynamic-int8/ort-optimum-int4/ort-weight-int8: "
                    "optimum's ONNX graph (weight-int8: MatMulNBits 8-bit, int8 compute; the fast int8 for encoders); gptq: "
                    "calibrated rounding onto --grid (a float checkpoint holding the grid values, plus the runtime's "
-                   "blocks).")
+                   "blocks). Or --target-kl instead of --method.")
+@autoquant_options
 @click.option("--keep", multiple=True, metavar="GLOB",
               help="Module names kept in float, e.g. 'model.layers.*.mlp.down_proj' (repeatable). "
                    "ort-dynamic-int8 default: the MLP down projections; others: none (the LM head is always kept in "
@@ -214,9 +242,10 @@ def _json_config(directory: Path) -> dict:
 @trust_remote_code_option
 @data_options
 @output_options
-def command(model: str, method: str, keep, keep_first, keep_last, device, double_quant, compute_dtype, block_size,
+def command(model: str, method: str | None, keep, keep_first, keep_last, device, double_quant, compute_dtype, block_size,
             reduce_range, int4_algorithm, grid, asymmetric, act_order, clip_search, damp, sequential, keep_sparsity,
-            max_kl, min_top1, min_cosine, min_top10, fail_on_damage, output, force, trust_remote_code, **data) -> None:
+            max_kl, min_top1, min_cosine, min_top10, fail_on_damage, output, force, trust_remote_code, target_kl,
+            types, search_windows, check_windows, **data) -> None:
     """Quantize MODEL and check the result against it on evaluation text.
 
     After quantizing, the quality guard compares the result with MODEL on the
@@ -235,6 +264,9 @@ def command(model: str, method: str, keep, keep_first, keep_last, device, double
     checkpoint holding exactly the grid values plus quantized_blocks.safetensors
     with the runtime's own blocks (a GGUF or MatMulNBits writer stores them as
     they are). The other methods need no calibration and ignore --calib-*.
+    --target-kl instead chooses a llama.cpp type per matrix (the fastest mix
+    whose KL on held-out calibration windows stays within the budget) and
+    writes one GGUF file; see docs/autoquant.md.
 
     \b
     Examples:
@@ -245,6 +277,7 @@ def command(model: str, method: str, keep, keep_first, keep_last, device, double
           --eval-text ../data/wiki.valid.tokens --eval-windows 4 --fail-on-damage
       compress quantize smollm2-135m-instruct --method gptq --grid q4_0 -o out/gptq-q4_0
       compress quantize smollm2-135m-instruct --method gptq --grid int4 --block-size 64 -o out/gptq-int4
+      compress quantize smollm2-135m-instruct --target-kl 0.02 -o out/mix-0.02.gguf
     """
     from ..devices import check_device
     from ..encoders.architecture import is_encoder_config
@@ -256,17 +289,23 @@ def command(model: str, method: str, keep, keep_first, keep_last, device, double
 
     from ..passes.base import PassContext
 
+    if method is None:
+        if target_kl is None:
+            raise UserError(f"give --method ({', '.join(METHODS)}) or --target-kl KL")
+        refuse_given(METHOD_ONLY, "--method", "--target-kl")
+        from .autoquant import run_autoquant
+
+        return run_autoquant(model, target_kl, types, search_windows, check_windows, max_kl, min_top1,
+                             fail_on_damage, output, force, trust_remote_code, data)
+    if target_kl is not None:
+        raise UserError(f"--target-kl chooses the GGUF types itself; give it without --method {method}")
+    refuse_given(AUTOQUANT_ONLY, "--target-kl", f"--method {method}")
     check_device(device)
     if method == "gptq":
         quant = build_gptq_pass(grid, block_size, asymmetric, act_order, clip_search, damp, sequential,
                                 keep_sparsity, keep, keep_first, keep_last, int4_algorithm, reduce_range)
     else:
-        ctx = click.get_current_context()
-        given = [flag for name, flag in GPTQ_ONLY
-                 if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
-        if given:
-            raise UserError(f"{', '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} to --method gptq, "
-                            f"not to {method}")
+        refuse_given(GPTQ_ONLY, "--method gptq", method)
         quant = build_quantize_pass(method, keep, keep_first, keep_last, device, double_quant, compute_dtype,
                                     block_size, reduce_range, int4_algorithm)
     calibration, evaluation = data_specs(data)

@@ -10,4 +10,5 @@ from . import gptq  # noqa: F401
 from . import distillation  # noqa: F401
 from . import bnb, onnx_export, ort_quant, ort_genai_export  # noqa: F401
 from . import gguf_export  # noqa: F401
+from . import auto_quantize  # noqa: F401
 from ..encoders import distill as _encoder_distill  # noqa: F401  (embedding_distill)

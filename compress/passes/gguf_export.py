@@ -66,6 +66,11 @@ class GgufExport(Pass):
             raise ValueError(str(exc)) from None
 
     def apply(self, artifact, ctx: PassContext) -> dict[str, Any]:
+        return self.export(artifact, {"name": self.name, "config": self.config()})
+
+    def export(self, artifact, record: dict[str, Any]) -> dict[str, Any]:
+        """Write and check the file; `record` is the pass entry the file's own manifest ends with
+        (this pass, or a pass that exports through it, such as auto_quantize)."""
         from ..gguf_file import write_gguf
         from ..llamacpp import LlamaCppCausalLM, write_gguf_file
         from ..saving import MANIFEST_FORMAT, library_versions
@@ -73,7 +78,7 @@ class GgufExport(Pass):
         provenance = {
             "format": MANIFEST_FORMAT,
             "source": artifact.source,
-            "passes": artifact.passes + [{"name": self.name, "config": self.config()}],
+            "passes": artifact.passes + [record],
             "versions": library_versions(),
         }
         exported = LlamaCppCausalLM.new_file()

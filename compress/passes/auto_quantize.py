@@ -1,0 +1,288 @@
+"""Mixed precision under a divergence budget: one GGUF type per matrix, written as a GGUF for llama.cpp.
+
+1. Sensitivity: KL(base || model with only that matrix at that type) for every
+   matrix and candidate type, on the first `search_windows` calibration
+   windows, the matrix on the type's exact grid and its input rounded as
+   llama.cpp's products do (compress.autoquant.sensitivity).
+2. Search: the assignment with the fewest bytes read per decoded token (the
+   cost model, compress.autoquant.cost) whose summed (additive) KL is within
+   `target_kl` (compress.autoquant.search).
+3. Check: the assignment's KL measured on the next `check_windows` calibration
+   windows, which the search never saw; while it exceeds the budget, the
+   search backs off (upgrades matrices) and measures again.
+4. Export through `gguf_export` with one override per matrix; when
+   llama-cpp-python is installed, the file's KL is measured again in llama.cpp
+   on the check windows, and the back-off continues on that measurement.
+
+The manifest records the assignment, its predicted and measured KL, the cost
+model's bytes per token and the file's size, the back-off rounds, every
+matrix's sensitivity, and the curve of budget against predicted bytes/speed
+(and measured KL) for `curve`'s budgets. See docs/autoquant.md.
+
+Config (YAML)::
+
+    - auto_quantize: {target_kl: 0.02, types: [q4_0, q5_0, q8_0, f16]}
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, ClassVar
+
+from pydantic import Field, field_validator
+
+from ..data import Windows
+from ..errors import QualityError, UserError
+from ..progress import log, progress
+from .base import Pass, PassContext
+
+DEFAULT_CURVE = (0.005, 0.01, 0.02, 0.05, 0.1)
+ENCODER_ALTERNATIVE = "quantize an encoder with --method ort-weight-int8 (or ort-dynamic-int8, ort-optimum-int4)"
+REFERENCE_TYPE = "q8_0"  # speed-ups are predicted against every matrix at q8_0
+_SENSITIVITY_CACHE: "OrderedDict[tuple, dict]" = OrderedDict()
+_SENSITIVITY_CACHE_SIZE = 2
+
+
+def window_subset(windows: Windows, start: int, stop: int, role: str) -> Windows:
+    """Windows[start:stop] with provenance that says which ones and what for."""
+    part = Windows(windows.input_ids[start:stop], windows.score_from[start:stop], {})
+    part.provenance = {**windows.provenance, "windows": stop - start, "first_window": start, "role": role,
+                       "scored_tokens": part.scored_tokens}
+    return part
+
+
+class AutoQuantize(Pass):
+    """Choose a GGUF type per matrix (fastest within a KL budget) and write the GGUF."""
+
+    name: ClassVar[str] = "auto_quantize"
+    needs_calibration: ClassVar[bool] = True
+    output_file_suffix: ClassVar[str | None] = ".gguf"
+    decoder_only: ClassVar[bool] = True  # next-token KL, and a GGUF that llama.cpp runs as a causal LM
+    encoder_alternative: ClassVar[str] = ENCODER_ALTERNATIVE
+
+    target_kl: float = Field(..., gt=0, description="budget: mean KL(base || result) per token on held-out "
+                             "calibration windows")
+    types: list[str] = Field(default_factory=lambda: ["q4_0", "q5_0", "q8_0", "f16"],
+                             description="candidate GGUF types: f16, q8_0, q5_1, q5_0, q4_1, q4_0")
+    search_windows: int = Field(2, ge=1, description="calibration windows the sensitivities are measured on")
+    check_windows: int = Field(4, ge=1, description="the calibration windows after those, for the measured KL")
+    curve: list[float] = Field(default_factory=lambda: list(DEFAULT_CURVE),
+                               description="budgets of the recorded budget/speed curve")
+    measure_curve: bool = Field(True, description="also measure each curve point's KL on the check windows")
+    measure_in_llamacpp: bool = Field(True, description="measure the written file in llama.cpp (when installed) "
+                                      "and back off further if it exceeds the budget")
+    max_rounds: int = Field(30, ge=1, description="back-off rounds before giving up")
+    check: bool = Field(True, description="gguf_export's check in llama.cpp (tokenizer; top-1 agreement)")
+
+    @field_validator("types", mode="before")
+    @classmethod
+    def _known_types(cls, v):  # a list, or a comma-separated string (the command line's form)
+        from ..autoquant.grid import check_candidate_types
+
+        try:
+            return list(check_candidate_types(v))
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("curve")
+    @classmethod
+    def _positive_budgets(cls, v):
+        if any(not b > 0 for b in v):
+            raise ValueError("every budget of the curve must be a positive KL")
+        return sorted(set(float(b) for b in v))
+
+    # ------------------------------------------------------------------ the pass
+
+    def apply(self, artifact, ctx: PassContext) -> dict[str, Any]:
+        from ..autoquant.divergence import Reference
+        from ..autoquant.tensors import model_matrices
+
+        if artifact.quantized_blocks:
+            raise UserError("auto_quantize chooses types for a float model, and this one already carries quantized "
+                            "blocks (from GPTQ); give it the float model")
+        model = artifact.model
+        matrices = model_matrices(model, artifact.passes, tuple(self.types))
+        search, check = self._windows(artifact, ctx)
+        sensitivity = self._sensitivity(model, matrices, search)
+        options = self._options(matrices, sensitivity["kl"])
+        reference = Reference(model, check, desc="check windows: base logits")
+
+        def measure(assignment: dict[str, str]) -> float:
+            from ..autoquant.simulate import simulated
+
+            with simulated(matrices, assignment):
+                return reference.model_kl(model)
+
+        assignment, rounds = self._choose(options, measure, self.target_kl, "pytorch")
+        curve = self._curve(model, matrices, options, measure)
+        metrics = self._export(artifact, matrices, options, assignment, rounds, reference, measure)
+        metrics.update(self._summary(model, matrices, options, sensitivity, search, check, curve))
+        return metrics
+
+    def _windows(self, artifact, ctx: PassContext) -> tuple[Windows, Windows]:
+        windows = ctx.calibration_windows(artifact.tokenizer)
+        needed = self.search_windows + self.check_windows
+        if len(windows) < needed:
+            raise UserError(f"auto_quantize needs search_windows + check_windows = {needed} calibration windows and the "
+                            f"calibration text gives {len(windows)}; raise the calibration samples (--calib-samples) "
+                            "or lower the window counts")
+        return (window_subset(windows, 0, self.search_windows, "search"),
+                window_subset(windows, self.search_windows, needed, "check"))
+
+    def _sensitivity(self, model, matrices, search: Windows) -> dict:
+        """measure_sensitivity, cached per (weights, windows, types): several budgets on one model measure once."""
+        from ..autoquant.sensitivity import measure_sensitivity
+        from .calibration import _fingerprint
+
+        key = (_fingerprint(model, search), tuple(self.types))
+        if key not in _SENSITIVITY_CACHE:
+            _SENSITIVITY_CACHE[key] = measure_sensitivity(model, matrices, search, tuple(self.types))
+            while len(_SENSITIVITY_CACHE) > _SENSITIVITY_CACHE_SIZE:
+                _SENSITIVITY_CACHE.popitem(last=False)
+        else:
+            log.info("sensitivity: reusing the measurement of this model on these windows")
+        return _SENSITIVITY_CACHE[key]
+
+    @staticmethod
+    def _options(matrices, kl: dict[str, dict[str, float]]):
+        from ..autoquant.cost import matrix_cost
+        from ..autoquant.search import Option
+
+        return {m.name: [Option(t, kl[m.name][t], matrix_cost(m, t)) for t in m.types] for m in matrices}
+
+    def _choose(self, options, measure, budget: float, measured_by: str, start: dict | None = None,
+                rounds: list | None = None) -> tuple[dict[str, str], list[dict]]:
+        """The search's assignment for `budget`, backed off until `measure` says it is within it."""
+        from ..autoquant.search import back_off, fastest_within, most_precise, predicted_kl
+
+        assignment = start or fastest_within(options, budget)
+        if assignment is None:
+            best = most_precise(options)
+            raise UserError(f"no assignment of the types {', '.join(self.types)} is predicted within KL {budget}: "
+                            f"the most precise one is predicted at {predicted_kl(options, best):.3g}; raise the "
+                            "budget or add more precise types")
+        rounds = rounds if rounds is not None else []
+        measured = measure(assignment)
+        rounds.append({"measured_by": measured_by, "predicted_kl": predicted_kl(options, assignment),
+                       "measured_kl": measured, "upgrades": []})
+        while measured > budget:
+            if len(rounds) >= self.max_rounds:
+                raise QualityError(f"auto_quantize: after {len(rounds)} back-off rounds the measured KL is still "
+                                   f"{measured:.4g} (budget {budget}); nothing was saved")
+            assignment, upgrades = back_off(options, assignment, measured, budget)
+            if not upgrades:
+                raise QualityError(f"auto_quantize: with every matrix at its most precise type the measured KL is "
+                                   f"{measured:.4g}, above the budget {budget}; raise it; nothing was saved")
+            measured = measure(assignment)
+            log.info(f"back-off ({measured_by}): {len(upgrades)} upgrade(s), measured KL now {measured:.4g}")
+            rounds.append({"measured_by": measured_by, "predicted_kl": predicted_kl(options, assignment),
+                           "measured_kl": measured, "upgrades": upgrades})
+        return assignment, rounds
+
+    def _curve(self, model, matrices, options, measure) -> list[dict]:
+        """Budget against predicted bytes/speed-up/size (and measured KL): the search alone, no back-off."""
+        from ..autoquant.search import fastest_within, predicted_kl
+
+        points = []
+        for budget in progress(self.curve, desc="budget curve", unit="budget"):
+            assignment = fastest_within(options, budget)
+            if assignment is None:
+                points.append({"budget": budget, "feasible": False})
+                continue
+            point = {"budget": budget, "feasible": True, "predicted_kl": predicted_kl(options, assignment),
+                     **self._costs(model, matrices, assignment)}
+            if self.measure_curve:
+                point["measured_kl"] = measure(assignment)
+            points.append(point)
+        return points
+
+    @staticmethod
+    def _costs(model, matrices, assignment: dict[str, str]) -> dict[str, Any]:
+        from ..autoquant.cost import assignment_cost, uniform_assignment
+        from ..gguf_file.types import type_counts
+
+        cost = assignment_cost(model, matrices, assignment)
+        reference = assignment_cost(model, matrices, uniform_assignment(matrices, REFERENCE_TYPE))
+        counts: dict[str, int] = {}
+        for t in assignment.values():
+            counts[t] = counts.get(t, 0) + 1
+        return {**cost, f"predicted_speedup_vs_{REFERENCE_TYPE}": reference["bytes_per_token"] / cost["bytes_per_token"],
+                "type_counts": dict(sorted(counts.items()))}
+
+    # ------------------------------------------------------------------ writing the file
+
+    def _write(self, artifact, assignment: dict[str, str]) -> dict[str, Any]:
+        from .gguf_export import GgufExport
+
+        counts: dict[str, int] = {}
+        for t in assignment.values():
+            counts[t] = counts.get(t, 0) + 1
+        default = max(counts, key=lambda t: counts[t])
+        overrides = {name: t for name, t in assignment.items() if t != default}
+        exporter = GgufExport(type=default, overrides=overrides, check=self.check)
+        return exporter.export(artifact, {"name": self.name, "config": self.config()})
+
+    def _export(self, artifact, matrices, options, assignment, rounds, reference, measure) -> dict[str, Any]:
+        """Write the GGUF; measure it in llama.cpp and keep backing off while that exceeds the budget."""
+        from ..autoquant.search import predicted_kl
+
+        torch_model, writer = artifact.model, artifact.writer
+        written: dict[str, Any] = {"assignment": None, "export": None}
+
+        def write(candidate: dict[str, str]) -> None:
+            if written["assignment"] != candidate:  # each file is written from the float model
+                artifact.model, artifact.writer = torch_model, writer
+                written["export"] = self._write(artifact, candidate)
+                written["assignment"] = candidate
+
+        def measure_file(candidate: dict[str, str]) -> float:
+            write(candidate)
+            try:
+                return reference.model_kl(artifact.model)
+            finally:
+                artifact.model.close()
+
+        write(assignment)
+        in_llamacpp = {"measured": False, "reason": "measure_in_llamacpp is off"}
+        if self.measure_in_llamacpp:
+            try:
+                import llama_cpp  # noqa: F401
+            except ImportError:
+                log.warning("llama-cpp-python is not installed: the file's KL was not measured in llama.cpp")
+                in_llamacpp = {"measured": False, "reason": "llama-cpp-python is not installed"}
+            else:
+                assignment, rounds = self._choose(options, measure_file, self.target_kl, "llamacpp",
+                                                  start=assignment, rounds=rounds)
+                write(assignment)
+                in_llamacpp = {"measured": True, "kl": rounds[-1]["measured_kl"]}
+        last_torch = next(r for r in reversed(rounds) if r["measured_by"] == "pytorch")
+        upgraded_later = any(r["measured_by"] == "llamacpp" and r["upgrades"] for r in rounds)
+        if upgraded_later:  # the PyTorch number above is of an earlier assignment: measure this one too
+            measured_torch = measure(assignment)  # on the float model the matrices belong to
+        else:
+            measured_torch = last_torch["measured_kl"]
+        return {
+            "target_kl": self.target_kl,
+            "assignment": assignment,
+            "predicted_kl": predicted_kl(options, assignment),
+            "measured_kl": in_llamacpp["kl"] if in_llamacpp["measured"] else measured_torch,
+            "measured_kl_pytorch": measured_torch,
+            "measured_kl_llamacpp": in_llamacpp.get("kl"),
+            "llamacpp_measurement": in_llamacpp,
+            "backoff": rounds,
+            **self._costs(torch_model, matrices, assignment),
+            "gguf_bytes": written["export"]["gguf_bytes"],
+            "export": written["export"],
+        }
+
+    def _summary(self, model, matrices, options, sensitivity, search, check, curve) -> dict[str, Any]:
+        from ..autoquant.cost import __doc__ as cost_doc
+
+        return {
+            "curve": curve,
+            "sensitivity": sensitivity["kl"],
+            "sensitivity_measured_alone": sensitivity["measured"],
+            "sensitivity_shared": sensitivity["shared"],
+            "windows": {"search": search.provenance, "check": check.provenance},
+            "cost_model": cost_doc.strip().splitlines()[0] + " (bytes read per decoded token; docs/autoquant.md)",
+        }

@@ -313,3 +313,25 @@ def test_the_report_says_when_calibration_and_evaluation_share_a_corpus(tiny_lla
     note = calibration_note({"calibration": groups})
     assert note.startswith("Calibration of wanda:") and said in note
     assert calibration_note({"calibration": []}) == "No variant read calibration text."
+
+
+def test_relative_text_paths_are_resolved_where_the_command_runs(tmp_path, monkeypatch):
+    # Workers start in a scratch directory: a relative evaluation file must reach them as an absolute path.
+    from compress.bench.harness import with_absolute_text_paths
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "eval.txt").write_text("some text\n" * 10)
+    monkeypatch.chdir(tmp_path)
+    suite = Suite.from_dict({"evaluation": {"source": "data/eval.txt", "split": "all"},
+                             "calibration": {"source": "builtin"}})
+    resolved = with_absolute_text_paths(suite)
+    assert resolved.evaluation.source == str(tmp_path / "data" / "eval.txt")
+    assert resolved.evaluation.split == "all" and resolved.calibration.source == "builtin"
+
+
+def test_a_missing_evaluation_file_is_refused_before_anything_is_built_or_timed(tmp_path, tiny_llama_dir, capsys):
+    code = main(["bench", "-m", str(tiny_llama_dir), "magnitude_prune", "--eval-text", str(tmp_path / "nope.txt"),
+                 "-o", str(tmp_path / "report")])
+    err = capsys.readouterr().err
+    assert code == 2 and "nope.txt does not exist" in err and err.count("error:") == 1
+    assert not (tmp_path / "report").exists()

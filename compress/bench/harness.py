@@ -401,6 +401,11 @@ def run_bench(suite: Suite, output: str | Path, force: bool = False, work_dir: s
     load_start = load_average()
     s = suite.settings
 
+    suite = with_absolute_text_paths(suite)
+    if s.quality:  # a missing or unreadable evaluation file is found now, not after the timing
+        from ..data import load_text
+
+        load_text(suite.evaluation.text_only())
     variants = plan(suite)
     # The report may not be, hold or lie inside anything measured (replacing it would delete a model).
     check_output_path(output, force, bench_inputs(variants))
@@ -467,6 +472,27 @@ def run_bench(suite: Suite, output: str | Path, force: bool = False, work_dir: s
     add_ratios(report)
     write_reports(report, output, force=force)
     return report
+
+
+def with_absolute_text_paths(suite: Suite) -> Suite:
+    """The suite with local text files (evaluation, calibration, prompts) as absolute paths.
+
+    Workers run in a scratch directory, so a relative path such as
+    ../shared/data/wikitext-2/wiki.valid.tokens must be resolved here, against the directory
+    the user ran the command from.
+    """
+    from .. import corpora
+
+    def absolute(source: str) -> str:
+        if corpora.corpus(source) or source.startswith("hf:") or source == "none":
+            return source
+        path = Path(source).expanduser()
+        return str(path.resolve()) if path.exists() else source
+
+    updates = {"evaluation": suite.evaluation.model_copy(update={"source": absolute(suite.evaluation.source)}),
+               "calibration": suite.calibration.model_copy(update={"source": absolute(suite.calibration.source)}),
+               "settings": suite.settings.model_copy(update={"prompt_text": absolute(suite.settings.prompt_text)})}
+    return suite.model_copy(update=updates)
 
 
 def _import_before_forking(variants: list[Variant]) -> None:

@@ -30,9 +30,12 @@ class Artifact:
     writer: Any = None
     # Weights a calibrated quantizer (GPTQ) already put on a runtime's grid, keyed by the
     # model's parameter name: {"model.layers.0.mlp.up_proj.weight": ("q4_0", raw_blocks)},
-    # raw_blocks being the runtime's own bytes (a uint8 numpy array in GGUF's layout).
-    # A writer for that runtime stores them as they are instead of quantizing again, so
-    # the runtime runs exactly what the quantizer chose.
+    # raw_blocks being the runtime's own bytes (a uint8 numpy array in GGUF's layout), or
+    # ("matmulnbits", {"bits", "block_size", "symmetric", "K", "N", "q", "scales", "zero_points"})
+    # for ONNX Runtime's MatMulNBits (layouts: compress/quant_grids.py). A writer for that
+    # runtime stores them as they are instead of quantizing again, so the runtime runs
+    # exactly what the quantizer chose. Saved beside a checkpoint as
+    # quantized_blocks.safetensors and read back by load_artifact (compress/quantized_blocks.py).
     quantized_blocks: dict[str, Any] = field(default_factory=dict)
     # Encoders only (compress.encoders): how token states become a sentence embedding
     # (a compress.encoders.pooling.Pooling). None for decoders. Saved beside the weights.

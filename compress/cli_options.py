@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .data import BUILTIN
+from .data import BUILTIN, DEFAULT_CALIBRATION
 from .passes.base import CalibrationData
 from .recipe import EvaluationData
 
@@ -26,8 +26,9 @@ def trust_remote_code_option(f):
 def data_options(f):
     """--calib-text/--eval-text and their sizes; a command turns them into specs with `data_specs`."""
     opts = [
-        click.option("--calib-text", default=BUILTIN, show_default=True,
-                     help="Calibration text: 'builtin', a .txt/.jsonl/.parquet file, or hf:NAME[@CONFIG][:SPLIT]."),
+        click.option("--calib-text", default=DEFAULT_CALIBRATION, show_default=True,
+                     help="Calibration text: a named corpus ('mixed', 'builtin', 'wikipedia-leads'; docs/calibration.md), "
+                          "a .txt/.jsonl/.parquet file, or hf:NAME[@CONFIG][:SPLIT]."),
         click.option("--calib-split", type=click.Choice(["calibration", "evaluation", "all"]), default="calibration",
                      show_default=True, help="Which part of the calibration text to use."),
         click.option("--calib-samples", type=int, default=32, show_default=True, help="Calibration windows."),

@@ -2,10 +2,10 @@
 
 Sources:
 
-* ``builtin``: the topic pages of Python's own documentation (``pydoc_data.topics``),
-  which ship with every CPython: real English prose written by the Python
-  documentation authors, available offline on any machine. Licence: PSF License
-  (Python documentation).
+* a named corpus that works offline (`compress.corpora`): ``builtin`` (the topic pages of
+  Python's own documentation, ``pydoc_data.topics``, shipped with every CPython; PSF License),
+  ``wikipedia-leads`` (lead sections of English Wikipedia's vital articles, shipped in this
+  package; CC BY-SA 4.0) and ``mixed`` (the two interleaved); reports name each one's licence;
 * a local file: ``.txt`` (read as is), ``.jsonl`` (one JSON object a line, the
   ``text_field`` of each), ``.parquet`` (the ``text_field`` column, needs pyarrow);
 * ``hf:NAME[@CONFIG][:SPLIT]`` (e.g. ``hf:wikitext@wikitext-2-raw-v1:validation``): a Hugging Face dataset (needs the ``datasets``
@@ -15,7 +15,8 @@ Every source is one text. Its split is deterministic and the two halves never
 overlap: the *evaluation* part is the text before a line boundary at
 ``eval_fraction`` of its characters, the *calibration* part is everything after.
 ``all`` uses the whole text, allowed only when calibration and evaluation come
-from different sources (see `check_disjoint`).
+from different sources (see `check_disjoint`). A mixed corpus's part is the same part of each
+of its members, interleaved (see `compress.corpora`).
 """
 
 from __future__ import annotations
@@ -30,11 +31,19 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from . import corpora
 from .errors import UserError
 
 Split = Literal["evaluation", "calibration", "all"]
 BUILTIN = "builtin"
-BUILTIN_DESCRIPTION = "Python documentation topics (pydoc_data.topics, shipped with CPython; PSF License)"
+BUILTIN_DESCRIPTION = corpora.CORPORA[BUILTIN].description
+# The default calibration text of every pass, command and bench suite: builtin and wikipedia-leads
+# interleaved, the corpus that lost least out of its own domain (benchmarks/calibration, docs/calibration.md).
+DEFAULT_CALIBRATION = "mixed"
+
+
+def _builtin_text() -> str:
+    return corpora.full_text(corpora.CORPORA[BUILTIN])
 
 
 class TextSpec(BaseModel):
@@ -66,12 +75,19 @@ class TextSpec(BaseModel):
 
         A local file is known by its content, so a byte-identical copy under another name is the same text.
         """
-        if self.source == BUILTIN or self.source.startswith("hf:"):
+        if corpora.corpus(self.source) or self.source.startswith("hf:"):
             return self.source
         path = Path(self.source).expanduser().resolve()
         if path.is_file():
             return "sha256:" + _file_sha256(path)
         return str(path)
+
+    def identities(self) -> set[str]:
+        """The identities of every text this spec reads (a mixed corpus reads each of its members)."""
+        named = corpora.corpus(self.source)
+        if named is not None and named.members:
+            return set(named.members)
+        return {self.identity()}
 
 
 def _file_sha256(path: Path) -> str:
@@ -102,18 +118,6 @@ class WindowSpec(BaseModel):
     stride: int | None = Field(None, ge=1)  # None: non-overlapping (stride == seq_len)
     max_windows: int | None = Field(16, ge=1)  # None: the whole text
     add_bos: bool = False
-
-
-def _builtin_text() -> str:
-    try:
-        from pydoc_data.topics import topics
-    except ImportError:  # some distributions strip it
-        raise UserError(
-            "the built-in corpus needs pydoc_data (part of CPython's standard library), which this Python lacks; "
-            "pass a text file with --eval-text/--calib-text instead"
-        ) from None
-    # Sorted keys make the order, and so the split, the same on every Python build.
-    return "\n\n".join(topics[k].strip() for k in sorted(topics))
 
 
 def _read_file(path: Path, text_field: str, encoding: str = "utf-8") -> str:
@@ -179,8 +183,9 @@ class Text:
 
 
 def read_source(spec: TextSpec) -> str:
-    if spec.source == BUILTIN:
-        return _builtin_text()
+    named = corpora.corpus(spec.source)
+    if named is not None:
+        return corpora.full_text(named)
     if spec.source.startswith("hf:"):
         return _hf_text(spec.source, spec.text_field)
     return _read_file(Path(spec.source).expanduser(), spec.text_field, spec.encoding)
@@ -202,14 +207,19 @@ def split_text(text: str, split: Split, eval_fraction: float) -> str:
 
 
 def load_text(spec: TextSpec) -> Text:
-    full = read_source(spec)
-    if not full.strip():
-        raise UserError(f"text source {spec.source} is empty; give a file with text in it")
-    part = split_text(full, spec.split, spec.eval_fraction)
+    named = corpora.corpus(spec.source)
+    if named is not None:
+        part = corpora.part(named, spec.split, spec.eval_fraction)
+    else:
+        full = read_source(spec)
+        if not full.strip():
+            raise UserError(f"text source {spec.source} is empty; give a file with text in it")
+        part = split_text(full, spec.split, spec.eval_fraction)
     if not part.strip():
         raise UserError(f"the {spec.split} part of {spec.source} is empty; the text is too short to split")
     provenance = {
-        "source": BUILTIN_DESCRIPTION if spec.source == BUILTIN else spec.source,
+        "source": named.description if named is not None else spec.source,
+        **({"licence": named.licence} if named is not None else {}),
         "split": spec.split,
         "eval_fraction": spec.eval_fraction if spec.split != "all" else None,
         "characters": len(part),
@@ -220,18 +230,32 @@ def load_text(spec: TextSpec) -> Text:
 
 def check_disjoint(calibration: TextSpec, evaluation: TextSpec) -> None:
     """Calibration and evaluation text must never overlap."""
-    if calibration.identity() != evaluation.identity():
+    if not calibration.identities() & evaluation.identities():
         return
     if {calibration.split, evaluation.split} != {"calibration", "evaluation"} or (
         calibration.eval_fraction != evaluation.eval_fraction
     ):
         same = (calibration.source if calibration.source == evaluation.source
-                else f"{calibration.source} and {evaluation.source} (byte-identical copies)")
+                else f"{calibration.source} and {evaluation.source} (byte-identical copies)"
+                if calibration.identity() == evaluation.identity()
+                else f"{calibration.source} and {evaluation.source} (one holds the other)")
         raise UserError(
             f"calibration and evaluation both read {same} with splits "
             f"{calibration.split}/{evaluation.split}: they would overlap; use split 'calibration' for "
             "calibration and 'evaluation' for evaluation (same eval_fraction), or two different sources"
         )
+
+
+def domain_relation(calibration: TextSpec, evaluation: TextSpec) -> str:
+    """How calibration text relates to evaluation text, for reports.
+
+    'same corpus': two parts of one text (a calibrated model is measured in its own domain);
+    'shares a corpus': one is a mix holding the other's text; 'different corpora' otherwise.
+    """
+    cal, ev = calibration.identities(), evaluation.identities()
+    if not cal & ev:
+        return "different corpora"
+    return "same corpus" if cal == ev else "shares a corpus"
 
 
 @dataclass

@@ -369,6 +369,11 @@ def load_artifact(
         # An output of this toolkit: keep its history so a chain of runs stays explained.
         artifact.source = {**source.describe(), "derived_from": manifest.get("source")}
         artifact.passes = list(manifest.get("passes", []))
+    if source.kind == "local":
+        from .quantized_blocks import load_quantized_blocks
+
+        # Weights a calibrated quantizer put on a runtime's grid, with that runtime's bytes (GPTQ outputs).
+        artifact.quantized_blocks = load_quantized_blocks(model, load_dir)
     return artifact
 
 

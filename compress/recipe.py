@@ -3,7 +3,7 @@
 YAML form (see configs/)::
 
     model: smollm2-135m-instruct        # optional; the CLI's --model wins
-    calibration: {source: builtin, samples: 32, seq_len: 512}
+    calibration: {source: mixed, samples: 32, seq_len: 512}     # the default; see docs/calibration.md
     evaluation: {source: builtin, windows: 16, seq_len: 1024}   # or null to skip
     passes:
       - magnitude_prune: {sparsity: 0.5, scope: row}

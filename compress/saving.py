@@ -403,10 +403,15 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def write_hf_checkpoint(artifact: Artifact, directory: Path) -> None:
-    """A plain Hugging Face directory: safetensors weights, config, tokenizer."""
+    """A plain Hugging Face directory: safetensors weights, config, tokenizer; and the runtime blocks of
+    weights already on a grid, if any (see compress.quantized_blocks)."""
     artifact.model.save_pretrained(directory, safe_serialization=True)
     if artifact.tokenizer is not None:
         artifact.tokenizer.save_pretrained(directory)
+    if artifact.quantized_blocks:
+        from .quantized_blocks import save_quantized_blocks
+
+        save_quantized_blocks(artifact.model, artifact.quantized_blocks, directory)
 
 
 def _code_modules(entry: Any) -> list[str]:

@@ -150,3 +150,22 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} changed"
+
+
+def run_killed_in_step(monkeypatch, trainer, step: int) -> None:
+    """Run `trainer` with a simulated kill (KeyboardInterrupt) at the start of optimizer step `step`."""
+    from compress.distill import Trainer
+
+    original = Trainer.train_step
+
+    def killed(self):
+        if self.step == step - 1:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_step", killed)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            trainer.run(final_eval=False)
+    finally:
+        monkeypatch.setattr(Trainer, "train_step", original)

@@ -292,3 +292,24 @@ def test_report_rows_are_grouped_by_runtime_with_the_base_first():
                 {"name": "ort", "backend": "onnxruntime"}, {"name": "mlp", "backend": "pytorch"},
                 {"name": "gguf-q4", "backend": "llamacpp"}]
     assert [v["name"] for v in grouped_by_runtime(variants, "base")] == ["base", "mlp", "ort", "gguf-q8", "gguf-q4"]
+
+
+@pytest.mark.parametrize("calibration, relation, said", [
+    ({"source": "builtin", "split": "calibration"}, "same corpus", "the other part of the evaluation corpus"),
+    ({"source": "mixed", "split": "calibration"}, "shares a corpus", "a mix that holds the other part"),
+    ({"source": "wikipedia-leads", "split": "calibration"}, "different corpora", "a different corpus"),
+])
+def test_the_report_says_when_calibration_and_evaluation_share_a_corpus(tiny_llama_dir, calibration, relation, said):
+    from compress.bench.harness import calibration_groups
+    from compress.bench.report import calibration_note
+
+    planned = _plan({"base": str(tiny_llama_dir), "calibration": {**calibration, "samples": 2, "seq_len": 16},
+                     "evaluation": {"source": "builtin", "split": "evaluation", "windows": 2, "seq_len": 32},
+                     "variants": [{"name": "wanda", "passes": [{"wanda_prune": {"sparsity": 0.5}}]},
+                                  {"name": "magnitude", "passes": [{"magnitude_prune": {"sparsity": 0.5}}]}]})
+    groups = calibration_groups(list(planned.values()))
+    assert [(g["source"], g["used_by"], g["relation_to_evaluation"]) for g in groups] == [
+        (calibration["source"], ["wanda"], relation)]  # magnitude pruning reads no calibration text
+    note = calibration_note({"calibration": groups})
+    assert note.startswith("Calibration of wanda:") and said in note
+    assert calibration_note({"calibration": []}) == "No variant read calibration text."

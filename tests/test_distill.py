@@ -18,7 +18,8 @@ from compress.errors import UserError
 from compress.models import load_artifact
 from compress.passes.base import CalibrationData, PassContext, build_pass
 from compress.passes.distillation import DropLayers
-from conftest import assert_same_weights, save_tiny, state_dict_copy, tiny_gpt2_config, tiny_llama_config
+from conftest import (assert_same_weights, run_killed_in_step, save_tiny, state_dict_copy, tiny_gpt2_config,
+                      tiny_llama_config)
 
 SEQ = 32
 
@@ -194,18 +195,7 @@ def _fresh_trainer(deep_dir, windows, ckpt, **overrides):
 def test_resume_after_a_crash_reproduces_the_uninterrupted_run(deep_gpt2_dir, train_windows, tmp_path, monkeypatch):
     full = _fresh_trainer(deep_gpt2_dir, train_windows, tmp_path / "a").run(final_eval=False)
 
-    crashing = _fresh_trainer(deep_gpt2_dir, train_windows, tmp_path / "b")
-    original = Trainer.train_step
-
-    def crash_in_step_4(self):
-        if self.step == 3:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self)
-
-    monkeypatch.setattr(Trainer, "train_step", crash_in_step_4)
-    with pytest.raises(KeyboardInterrupt):
-        crashing.run(final_eval=False)
-    monkeypatch.setattr(Trainer, "train_step", original)
+    run_killed_in_step(monkeypatch, _fresh_trainer(deep_gpt2_dir, train_windows, tmp_path / "b"), 4)
     assert [p.name for p in checkpoints(tmp_path / "b")] == ["step-000002"]
 
     resumed = _fresh_trainer(deep_gpt2_dir, train_windows, tmp_path / "b").run(resume=True, final_eval=False)

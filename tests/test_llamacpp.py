@@ -174,7 +174,9 @@ def test_builtin_model_tokenizes_the_same_in_llama_cpp(builtin):
 
     result = exported(builtin, type="q4_0")
     origin = result.passes[-1]["metrics"]["tokenizer"]
-    assert origin.startswith("carried over from SmolLM2-135M-Instruct") and "smollm -> gpt-2" in origin
+    # The current conversion splits digits as llama.cpp's "smollm" pre-tokenizer does, so the
+    # origin's keys are carried over unchanged; the ids below are what the export promises.
+    assert origin.startswith("carried over from SmolLM2-135M-Instruct"), origin
     theirs = LlamaCppTokenizer(result.model.path)
     text = _builtin_text()[:50_000]
     assert theirs.encode(text) == builtin.tokenizer(text, add_special_tokens=False)["input_ids"]

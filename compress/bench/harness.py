@@ -315,7 +315,7 @@ def _check_runnable(v: Variant, suite: Suite) -> None:
 
 def plan(suite: Suite) -> list[Variant]:
     """Every variant, base first, each checked without loading a model."""
-    from ..data import check_disjoint
+    from ..data import check_disjoint, domain_relation
     from ..recipe import Recipe
     from .backends import normalize_dtype
 
@@ -336,6 +336,9 @@ def plan(suite: Suite) -> list[Variant]:
                 calibration = recipe.calibration if spec.recipe else suite.calibration
                 if any(p.needs_calibration for p in recipe.passes):
                     check_disjoint(calibration, suite.evaluation)
+                    v.source["calibration"] = {**calibration.text_only().model_dump(mode="json"),
+                                               "samples": calibration.samples, "seq_len": calibration.seq_len,
+                                               "relation_to_evaluation": domain_relation(calibration, suite.evaluation)}
                 v.source["passes"] = [{p.name: p.config()} for p in recipe.passes]
                 v.path = None  # set once built
                 if not Path(path).exists():
@@ -451,6 +454,7 @@ def run_bench(suite: Suite, output: str | Path, force: bool = False, work_dir: s
             "interleaved": interleaved,
             "prompt_source": text_provenance,
             "evaluation": suite.evaluation.model_dump(mode="json"),
+            "calibration": calibration_groups(variants),
             "sample": suite.sample.model_dump(mode="json"),
         },
         "environment": {**environment(), "load_average_start": load_start, "load_average_end": load_average()},
@@ -488,6 +492,17 @@ def _build_key(v: Variant, suite: Suite) -> str:
     """Variants with the same key build the same model: same input, passes (or recipe) and calibration."""
     return json.dumps([v.build["input"], v.spec.passes, v.spec.recipe, suite.calibration.model_dump(mode="json")],
                       sort_keys=True, default=str)
+
+
+def calibration_groups(variants: list[Variant]) -> list[dict[str, Any]]:
+    """The calibration texts the variants read, each with the variants that read it and how it relates to evaluation."""
+    groups: dict[str, dict[str, Any]] = {}
+    for v in variants:
+        cal = v.source.get("calibration")
+        if cal:
+            key = json.dumps(cal, sort_keys=True)
+            groups.setdefault(key, {**cal, "used_by": []})["used_by"].append(v.name)
+    return list(groups.values())
 
 
 def _build(variants: list[Variant], suite: Suite, workers: Workers, work: Path,

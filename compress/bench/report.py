@@ -250,6 +250,31 @@ def _x(r: float | None) -> str:
     return "n/a" if r is None else f"{r:.2f}×"
 
 
+_RELATION_NOTES = {
+    "same corpus": "the other part of the evaluation corpus (never the evaluation windows, but the same domain), "
+                   "so calibrated variants are measured on the kind of text they were calibrated on, which flatters "
+                   "them; on other text they lose more (benchmarks/calibration/)",
+    "shares a corpus": "a mix that holds the other part of the evaluation corpus (never the evaluation windows), "
+                       "so calibrated variants are measured partly on the kind of text they were calibrated on, which "
+                       "flatters them somewhat (benchmarks/calibration/)",
+    "different corpora": "a different corpus from the evaluation text (out-of-domain)",
+}
+
+
+def calibration_note(settings: dict) -> str:
+    """One sentence per calibration text the variants read, saying plainly whether it shares the evaluation's corpus."""
+    groups = settings.get("calibration")
+    if groups is None:
+        return ""
+    if not groups:
+        return "No variant read calibration text."
+    notes = []
+    for g in groups:
+        notes.append(f"Calibration of {', '.join(g['used_by'])}: {g['source']} ({g['split']} part, {g['samples']} × "
+                     f"{g['seq_len']} tokens), {_RELATION_NOTES.get(g.get('relation_to_evaluation'), 'relation unknown')}.")
+    return " ".join(notes)
+
+
 def to_markdown(report: dict, plot_file: str | None = None) -> str:
     env, s = report["environment"], report["settings"]
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
@@ -279,7 +304,7 @@ def to_markdown(report: dict, plot_file: str | None = None) -> str:
         f"- **Quality settings**: {ev.get('source')} ({ev.get('split')} split), {data.get('windows', ev.get('windows'))} windows of "
         f"{ev.get('seq_len')} tokens ({data.get('scored_tokens', 'n/a')} scored tokens, sha256 {data.get('sha256', 'n/a')}); "
         "perplexity is token-level; KL is mean KL(base ‖ variant) per token; top-1 is the share of positions "
-        "where both models' most likely next token agree.",
+        "where both models' most likely next token agree. " + calibration_note(s),
         "",
         "## Speed and memory",
         "",

@@ -38,6 +38,9 @@ from ..data import BUILTIN
               help="Which part of the evaluation text [default: evaluation].")
 @click.option("--eval-windows", type=int, default=None, help="Evaluation windows (0: the whole text) [default: 4].")
 @click.option("--eval-seq-len", type=int, default=None, help="Tokens per evaluation window [default: 512].")
+@click.option("--calib-text", default=None,
+              help="Calibration text for variants whose passes need it (same forms as --eval-text; its calibration "
+                   "part) [default: the suite's].")
 @click.option("--text-field", default=None, help="Field (.jsonl) or column (.parquet, hf:) holding the evaluation text [default: text].")
 @click.option("--encoding", default=None, help="Encoding of a local evaluation text file [default: utf-8].")
 @click.option("--trust-remote-code", is_flag=True,
@@ -112,6 +115,8 @@ def command(variants, suite, output, force, work_dir, isolation, **options) -> N
             evaluation[key] = options[opt]
     if options["eval_windows"] is not None:
         evaluation["windows"] = options["eval_windows"] or None
+    if options["calib_text"] is not None:
+        data["calibration"]["source"] = options["calib_text"]
     parsed = Suite.from_dict(data, where="bench options")
     if output is None:
         output = f"bench-results/{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}"

@@ -45,6 +45,9 @@ from ..cli_options import data_options, data_specs, output_options, trust_remote
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint, exactly where it stopped.")
 @click.option("--keep-checkpoints", is_flag=True, help="Keep the checkpoints after the output is saved.")
 @trust_remote_code_option
+@click.option("--keep-sparsity", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Keep the zeros of a pruned student (unstructured or N:M) through training; auto: when its "
+                   "projections are pruned (5%+ exact zeros).")
 @data_options
 def command(**kw) -> None:
     """Distill a teacher into a smaller student and save the student.
@@ -54,13 +57,18 @@ def command(**kw) -> None:
     only --student-layers of its decoder layers. Training text is the
     calibration text (--calib-text/--calib-split; --calib-samples limits the
     windows, default all of it), never the evaluation text. The teacher runs
-    without gradients and is never modified. For several processes, start this
+    without gradients and is never modified. A pruned student keeps its zeros
+    (--keep-sparsity auto): pruned positions get no gradient and are reset to
+    zero after every step; the manifest records the sparsity before and after.
+    For several processes, start this
     same command with `torchrun` or `accelerate launch` (CPU: gloo).
 
     \b
     Examples:
       compress distill --teacher smollm2-135m-instruct --student-layers 15 -o out/student \\
           --steps 300 --batch-size 4 --seq-len 256 --lr 3e-4 --checkpoint-every 50
+      compress distill --teacher smollm2-135m-instruct --student out/wanda-2-4 -o out/recovered-2-4 \\
+          --steps 300 --kl-weight 1 --keep-sparsity on
       compress distill --teacher smollm2-135m-instruct --student out/pruned-mlp25 -o out/recovered \\
           --steps 200 --calib-text ../shared/data/wikitext-2/wiki.valid.tokens \\
           --eval-text ../shared/data/wikitext-2/wiki.valid.tokens
@@ -75,6 +83,7 @@ def command(**kw) -> None:
         raise UserError("--calib-seq-len does not apply to distill; training windows have --seq-len tokens")
     samples_given = ctx.get_parameter_source("calib_samples") != click.core.ParameterSource.DEFAULT
     calibration, evaluation = data_specs(kw)
+    kw["keep_sparsity"] = {"auto": "auto", "on": True, "off": False}[kw["keep_sparsity"]]
     train_windows = calibration.samples if samples_given else None
     result = run_distill_command(calibration=calibration, evaluation=evaluation, train_windows=train_windows, **kw)
     if result is None:  # another process of a multi-process run; the main one reports
@@ -85,4 +94,21 @@ def command(**kw) -> None:
             f"perplexity: teacher {evaluation_metrics['perplexity_teacher']:.2f}, student "
             f"{evaluation_metrics['perplexity_student_before']:.2f} -> {evaluation_metrics['perplexity_after']:.2f}"
         )
+    sparsity = result.passes[-1]["metrics"].get("sparsity")
+    if sparsity:
+        click.echo(sparsity_line(sparsity))
     click.echo(f"saved to {kw['output']}")
+
+
+def sparsity_line(sparsity: dict) -> str:
+    """One line on what training did to a pruned student's zeros."""
+    line = f"sparsity of the projections {sparsity['sparsity_before']:.1%} -> {sparsity['sparsity_after']:.1%}"
+    if sparsity["masked_matrices"]:
+        line += f" (zeros kept in {sparsity['masked_matrices']} pruned matrices"
+    else:
+        line += f" (keep-sparsity off: {sparsity['pruned_weights_revived']} pruned weights are non-zero again"
+    pattern = sparsity.get("pattern")
+    if pattern:
+        broken = pattern["groups_breaking_it_after"]
+        line += f"; {pattern['n_m']} {'holds in every group' if not broken else f'broken in {broken} groups'}"
+    return line + ")"

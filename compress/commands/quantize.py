@@ -1,4 +1,5 @@
-"""`compress quantize`: bitsandbytes or ONNX Runtime quantization, then the quality guard."""
+"""`compress quantize`: bitsandbytes, ONNX Runtime or GPTQ (onto a runtime's grid) quantization, then the
+quality guard."""
 
 from __future__ import annotations
 
@@ -8,12 +9,49 @@ import click
 
 from ..cli_options import data_options, data_specs, output_options, trust_remote_code_option
 
+from ..quant_grids import GGUF_TYPES, GRID_NAMES
+
 # ort-int8 / ort-int4: the fast onnxruntime-genai graph, weight-only MatMulNBits with int8 compute
 # (ort_genai_export; causal LMs). ort-dynamic-int8 / ort-optimum-int4 / ort-weight-int8: ort_quantize on
 # optimum's ONNX export (weight-int8: MatMulNBits 8-bit with int8 compute, the fast int8 for encoders).
+# gptq: calibrated rounding onto a runtime's grid (gptq_quantize; causal LMs).
 METHODS = ("bnb-int8", "bnb-nf4", "bnb-fp4", "ort-int8", "ort-int4", "ort-dynamic-int8", "ort-optimum-int4",
-           "ort-weight-int8")
+           "ort-weight-int8", "gptq")
 FAST_GRAPH_METHODS = ("ort-int8", "ort-int4")
+# Options of --method gptq only, as (parameter, flag): refused with the other methods when given.
+GPTQ_ONLY = (("grid", "--grid"), ("asymmetric", "--asymmetric"), ("act_order", "--act-order/--no-act-order"),
+             ("clip_search", "--clip-search"), ("damp", "--damp"), ("sequential", "--sequential/--one-shot"),
+             ("keep_sparsity", "--keep-sparsity"))
+
+
+def build_gptq_pass(grid: str | None, block_size: int, asymmetric: bool, act_order: bool | None, clip_search: bool,
+                    damp: float | None, sequential: bool | None, keep_sparsity: bool, keep: tuple[str, ...],
+                    keep_first, keep_last, int4_algorithm: str, reduce_range: bool):
+    """The gptq_quantize pass for `--method gptq`, validated (one-line UserError on a bad combination)."""
+    from ..errors import UserError
+    from ..passes.base import build_pass
+
+    if grid is None:
+        raise UserError(f"--method gptq needs --grid, the runtime grid to write: {', '.join(GRID_NAMES)}")
+    if asymmetric and grid in GGUF_TYPES:
+        raise UserError(f"--asymmetric applies to the int4/int8 grids; GGUF {grid} has its own zero point "
+                        "(q4_1 and q5_1 are the asymmetric GGUF types)")
+    if keep_first is not None or keep_last is not None:
+        raise UserError("--keep-first/--keep-last are not available with --method gptq; leave modules in float "
+                        "with --keep GLOB")
+    if int4_algorithm != "rtn" or reduce_range:
+        raise UserError("--int4-algorithm and --reduce-range apply to ort-optimum-int4 / ort-dynamic-int8, not to --method gptq")
+    config = {"grid": grid, "block_size": block_size, "clip_search": clip_search, "keep_sparsity": keep_sparsity,
+              "exclude": list(keep) or None}
+    if act_order is not None:
+        config["act_order"] = act_order
+    if asymmetric:
+        config["symmetric"] = False
+    if damp is not None:
+        config["damp"] = damp
+    if sequential is not None:
+        config["sequential"] = sequential
+    return build_pass("gptq_quantize", config)
 
 
 def build_quantize_pass(method: str, keep: tuple[str, ...], keep_first: int | None, keep_last: int | None, device: str,
@@ -136,7 +174,9 @@ def _json_config(directory: Path) -> dict:
 @click.option("--method", type=click.Choice(METHODS), required=True,
               help="bnb-*: bitsandbytes (PyTorch checkpoint); ort-int8/ort-int4: the fast onnxruntime-genai graph "
                    "(weight-only, int8 compute; causal LMs); ort-dynamic-int8/ort-optimum-int4/ort-weight-int8: "
-                   "optimum's ONNX graph (weight-int8: MatMulNBits 8-bit, int8 compute; the fast int8 for encoders).")
+                   "optimum's ONNX graph (weight-int8: MatMulNBits 8-bit, int8 compute; the fast int8 for encoders); "
+                   "gptq: calibrated rounding onto --grid (a float checkpoint holding the grid values, plus the "
+                   "runtime's blocks; causal LMs).")
 @click.option("--keep", multiple=True, metavar="GLOB",
               help="Module names kept in float, e.g. 'model.layers.*.mlp.down_proj' (repeatable). "
                    "ort-dynamic-int8 default: the MLP down projections; others: none (the LM head is always kept in "
@@ -151,18 +191,33 @@ def _json_config(directory: Path) -> dict:
 @click.option("--compute-dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
               show_default=True, help="bnb 4-bit: dtype of the matrix products.")
 @click.option("--block-size", type=int, default=32, show_default=True,
-              help="ort-int8/ort-int4/ort-optimum-int4/ort-weight-int8: weights per scale.")
+              help="ort-int8/ort-int4/ort-optimum-int4/ort-weight-int8, gptq int4/int8: weights per scale "
+                   "(GGUF grids: 32 only).")
 @click.option("--reduce-range", is_flag=True,
               help="ort-dynamic-int8: 7-bit weights (slower path to accuracy; rarely better).")
 @click.option("--int4-algorithm", type=click.Choice(["rtn", "hqq"]), default="rtn", show_default=True,
               help="ort-optimum-int4: round-to-nearest, or HQQ (optimised scales and zero points; slower to build).")
+@click.option("--grid", type=click.Choice(GRID_NAMES), default=None,
+              help="gptq: the runtime grid: GGUF q4_0/q4_1/q5_0/q5_1/q8_0 (llama.cpp), or int4/int8 (ONNX Runtime "
+                   "MatMulNBits).")
+@click.option("--asymmetric", is_flag=True, help="gptq int4/int8: per-block zero points (default: symmetric).")
+@click.option("--act-order/--no-act-order", default=None,
+              help="gptq: round columns by decreasing Hessian diagonal (default; blocks stay the runtime's "
+                   "contiguous ones) or left to right.")
+@click.option("--clip-search", is_flag=True,
+              help="gptq: per block, also try narrower ranges and keep the one with the smallest weighted error.")
+@click.option("--damp", type=float, default=None, help="gptq: Hessian dampening, a share of its mean diagonal [0.01].")
+@click.option("--sequential/--one-shot", default=None,
+              help="gptq: calibrate block by block on the quantized blocks' outputs (default) or in one pass.")
+@click.option("--keep-sparsity", is_flag=True,
+              help="gptq: weights that are exactly 0 (a pruned model's) stay 0 (not with q4_1 / q5_1).")
 @guard_options
 @trust_remote_code_option
 @data_options
 @output_options
 def command(model: str, method: str, keep, keep_first, keep_last, device, double_quant, compute_dtype, block_size,
-            reduce_range, int4_algorithm, max_kl, min_top1, min_cosine, min_top10, fail_on_damage, output, force,
-            trust_remote_code,
+            reduce_range, int4_algorithm, grid, asymmetric, act_order, clip_search, damp, sequential, keep_sparsity,
+            max_kl, min_top1, min_cosine, min_top10, fail_on_damage, output, force, trust_remote_code,
             **data) -> None:
     """Quantize MODEL and check the result against it on evaluation text.
 
@@ -177,8 +232,11 @@ def command(model: str, method: str, keep, keep_first, keep_last, device, double
     writes it) load with onnxruntime_genai.Model; ort-dynamic-int8 and
     ort-optimum-int4 outputs with ORTModelForCausalLM.from_pretrained, and for
     those two MODEL may also be an ONNX directory from `compress export onnx`.
-    Calibration options are accepted for uniformity but unused: these methods
-    need no calibration.
+    gptq rounds every projection onto the --grid of a runtime, compensating
+    each rounding on the calibration text (--calib-*), and saves a float
+    checkpoint holding exactly the grid values plus quantized_blocks.safetensors
+    with the runtime's own blocks (a GGUF or MatMulNBits writer stores them as
+    they are). The other methods need no calibration and ignore --calib-*.
 
     \b
     Examples:
@@ -187,6 +245,8 @@ def command(model: str, method: str, keep, keep_first, keep_last, device, double
       compress quantize minilm --method ort-weight-int8 -o out/minilm-int8
       compress quantize out/onnx --method ort-optimum-int4 --block-size 32 -o out/ort-int4 \\
           --eval-text ../data/wiki.valid.tokens --eval-windows 4 --fail-on-damage
+      compress quantize smollm2-135m-instruct --method gptq --grid q4_0 -o out/gptq-q4_0
+      compress quantize smollm2-135m-instruct --method gptq --grid int4 --block-size 64 -o out/gptq-int4
     """
     from ..devices import check_device
     from ..encoders.architecture import is_encoder_config
@@ -196,10 +256,22 @@ def command(model: str, method: str, keep, keep_first, keep_last, device, double
     from ..saving import check_output_path, save_artifact
     from ..support import check_sequence_lengths
 
+    from ..passes.base import PassContext
+
     check_device(device)
-    quant = build_quantize_pass(method, keep, keep_first, keep_last, device, double_quant, compute_dtype, block_size,
-                                reduce_range, int4_algorithm)
-    _, evaluation = data_specs(data)
+    if method == "gptq":
+        quant = build_gptq_pass(grid, block_size, asymmetric, act_order, clip_search, damp, sequential,
+                                keep_sparsity, keep, keep_first, keep_last, int4_algorithm, reduce_range)
+    else:
+        ctx = click.get_current_context()
+        given = [flag for name, flag in GPTQ_ONLY
+                 if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
+        if given:
+            raise UserError(f"{', '.join(given)} only appl{'y' if len(given) > 1 else 'ies'} to --method gptq, "
+                            f"not to {method}")
+        quant = build_quantize_pass(method, keep, keep_first, keep_last, device, double_quant, compute_dtype,
+                                    block_size, reduce_range, int4_algorithm)
+    calibration, evaluation = data_specs(data)
     onnx_input = is_onnx_directory(model)
     if onnx_input and method.startswith("bnb"):
         raise UserError(f"{model} is an ONNX model; bitsandbytes needs a PyTorch checkpoint "
@@ -207,6 +279,8 @@ def command(model: str, method: str, keep, keep_first, keep_last, device, double
     if onnx_input and method in FAST_GRAPH_METHODS:
         raise UserError(f"{model} is an optimum ONNX export; {method} builds the fast graph from the PyTorch checkpoint "
                         "(give that), or use ort-dynamic-int8/ort-optimum-int4 on this directory")
+    if onnx_input and method == "gptq":
+        raise UserError(f"{model} is an ONNX model; gptq needs the PyTorch checkpoint it came from")
     source_path = Path(model).expanduser().resolve() if onnx_input else resolve_source(model).path
     check_output_path(output, force, source_path)
     config = load_config(model, trust_remote_code=trust_remote_code) if not onnx_input else _json_config(source_path)
@@ -215,12 +289,19 @@ def command(model: str, method: str, keep, keep_first, keep_last, device, double
         raise UserError(f"{method} builds onnxruntime-genai's graph for causal LMs, and {model} is an encoder; use "
                         "ort-weight-int8 (the same weight-only int8 with int8 compute, on optimum's graph), "
                         "ort-dynamic-int8 or ort-optimum-int4")
+    if encoder and method == "gptq":
+        raise UserError(f"gptq rounds a causal LM's projections on next-token calibration, and {model} is an "
+                        "encoder; use ort-weight-int8, ort-dynamic-int8, ort-optimum-int4 or bnb-*")
     # An encoder is evaluated on sentences, each cut at the model's own limit, not on windows.
     check_sequence_lengths(config, model, {"evaluation": evaluation.seq_len if evaluation and not encoder else None})
 
     base = load_model(model, device, trust_remote_code)
-    result = quant(base)
-    quality = run_guard(base, result, evaluation, f"{method} of {model}", max_kl, min_top1, fail_on_damage,
+    result = quant(base, PassContext(calibration=calibration)) if method == "gptq" else quant(base)
+    what = f"{method} {quant.target_grid().label}" if method == "gptq" else method
+    quality = run_guard(base, result, evaluation, f"{what} of {model}", max_kl, min_top1, fail_on_damage,
                         min_cosine, min_top10)
     save_artifact(result, output, force=force)
+    if result.quantized_blocks:
+        click.echo(f"{len(result.quantized_blocks)} matrices on the {quant.target_grid().label} grid; the runtime's "
+                   f"blocks are in {output}/quantized_blocks.safetensors")
     echo_quality(quality, output)

@@ -44,6 +44,7 @@ from ..evaluate import perplexity
 from ..progress import log, progress
 from ..saving import atomic_directory, remove_stale_leftovers
 from .loss import LossConfig, distillation_loss
+from .sparsity import KeepSparsity, SparsityMasks
 
 Schedule = Literal["cosine", "linear", "constant"]
 CHECKPOINT_PREFIX = "step-"
@@ -73,6 +74,8 @@ class OptimizationConfig(BaseModel):
     eval_batch_size: int = Field(1, ge=1)
     checkpoint_every: int = Field(0, ge=0, description="write a checkpoint every N steps (0: never)")
     keep_last: int = Field(1, ge=1, description="how many of the newest checkpoints to keep on disk")
+    keep_sparsity: KeepSparsity = Field("auto", description="keep the zeros of pruned projections through "
+                                        "training (auto: when the student has any; see sparsity.py)")
 
 
 class TrainConfig(LossConfig, OptimizationConfig):
@@ -192,6 +195,8 @@ class Trainer:
         student.to(self.device)
         student.train()
         self.student_module = student
+        # The zero pattern of a pruned student, recorded before the first step and kept through training.
+        self.sparsity = SparsityMasks.of(student, config.keep_sparsity)
         self.optimizer = torch.optim.AdamW(
             [p for p in student.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
         )
@@ -248,9 +253,11 @@ class Trainer:
                 (loss / c.grad_accum).backward()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v / len(micro)
+        self.sparsity.mask_gradients()  # before clipping, so the norm is that of the weights that train
         if c.clip_norm is not None:
             sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.student.parameters(), c.clip_norm))
         self.optimizer.step()
+        self.sparsity.apply()  # nothing (weight decay, moments, rounding) may revive a pruned weight
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         sums["lr"] = self.scheduler.get_last_lr()[0]
@@ -286,6 +293,7 @@ class Trainer:
             state = {
                 "model": self.accelerator.unwrap_model(self.student).state_dict(),
                 "optimizer": self.optimizer.state_dict(),
+                "sparsity_masks": self.sparsity.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "rng": rng_all,
                 "step": self.step,
@@ -323,6 +331,8 @@ class Trainer:
                             f"{self.world}; resume with the same number of processes")
         self.accelerator.unwrap_model(self.student).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if "sparsity_masks" in state:  # the masks the run started with, not the zeros of whatever is loaded now
+            self.sparsity.load_state_dict(state["sparsity_masks"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"][self.rank])
         self.step, self.samples_seen = state["step"], state["samples_seen"]
@@ -380,6 +390,7 @@ class Trainer:
             "samples_seen": self.samples_seen,
             "tokens_seen": self.samples_seen * c.seq_len,
             "processes": self.world,
+            "sparsity": self.sparsity.report(self.model) if self.sparsity.pruned else None,
         }
 
     @property

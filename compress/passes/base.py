@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..artifact import Artifact
-from ..data import TextSpec, Windows, WindowSpec, load_windows
+from ..data import DEFAULT_CALIBRATION, TextSpec, Windows, WindowSpec, load_windows
 from ..errors import UserError
 from ..progress import log
 
@@ -23,8 +23,9 @@ REGISTRY: dict[str, type["Pass"]] = {}
 
 
 class CalibrationData(TextSpec):
-    """Calibration text: by default the built-in corpus's calibration half, 32 samples of 512 tokens."""
+    """Calibration text: by default the calibration part of `mixed` (docs/calibration.md), 32 samples of 512 tokens."""
 
+    source: str = DEFAULT_CALIBRATION
     split: str = "calibration"  # type: ignore[assignment]
     seq_len: int = Field(512, ge=2)
     samples: int = Field(32, ge=1)
@@ -48,6 +49,14 @@ class PassContext:
         if key not in self._calibration_cache:
             self._calibration_cache[key] = self.calibration.windows(tokenizer)
         return self._calibration_cache[key]
+
+    def calibration_record(self) -> dict:
+        """The calibration spec, plus what was read (source, licence, hash, tokens) once windows were loaded."""
+        record = self.calibration.model_dump()
+        loaded = list(self._calibration_cache.values())
+        if loaded:
+            record["data"] = loaded[-1].provenance
+        return record
 
 
 class Pass(BaseModel):
@@ -87,7 +96,7 @@ class Pass(BaseModel):
         metrics = self.apply(result, ctx) or {}
         seconds = time.perf_counter() - start
         if self.needs_calibration:
-            metrics.setdefault("calibration", ctx.calibration.model_dump())
+            metrics.setdefault("calibration", ctx.calibration_record())
         result.record_pass(self.name, self.config(), metrics, seconds)
         return result
 

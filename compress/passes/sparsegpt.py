@@ -13,63 +13,27 @@ inputs changes as little as possible.
 By default the Hessians are collected block by block, as in the paper's
 reference: block i's on the outputs of blocks 0..i-1 already pruned and
 updated (``sequential: true``, see sequential.py); ``sequential: false`` takes
-them all from the unpruned model in one calibration pass. ``scope: global`` is
+them all from the unpruned model in one calibration pass. The Hessians and the
+column sweep are shared with GPTQ quantization (hessian.py). ``scope: global`` is
 not offered (the method works one layer at a time).
 """
 
 from __future__ import annotations
 
-from functools import partial
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
 
-from ..layers import WeightMatrix
 from ..progress import progress
-from .calibration import hooked
+from .hessian import ColumnSweep, collect_hessians, inverse_cholesky
 from .pruning import CalibratedPrune
-
-
-def collect_hessians(targets: list[WeightMatrix], run: Callable[[], None]) -> dict:
-    """X^T X / tokens for each target's input over what `run()` feeds it; projections fed the same tensor
-    (q/k/v, gate/up) share one."""
-    hessians: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-    alias: dict[str, str] = {}
-    last: dict = {"input": None, "name": None}
-
-    def hook_for(name):
-        def hook(module, args):
-            x = args[0]
-            if x is last["input"]:
-                alias[name] = last["name"]
-                return
-            last["input"], last["name"] = x, name
-            x = x.detach().reshape(-1, x.shape[-1]).float()
-            h = x.t() @ x
-            hessians[name] = hessians[name] + h if name in hessians else h
-            counts[name] = counts.get(name, 0) + x.shape[0]
-
-        return hook
-
-    try:
-        with hooked(*(partial(t.module.register_forward_pre_hook, hook_for(t.name)) for t in targets)):
-            run()
-    finally:
-        last["input"] = None
-    result = {}
-    for t in targets:
-        source = t.name if t.name in hessians else alias.get(t.name)
-        if source is None:
-            raise RuntimeError(f"calibration never reached {t.name}")
-        result[t.name] = hessians[source] / counts[source]
-    return result
 
 
 def _drop_mask(scores: torch.Tensor, count: int, scope: str) -> torch.Tensor:
     """True where a weight goes: the `count`-share smallest per row (row) or in the whole block (layer)."""
-    mask = torch.zeros_like(scores, dtype=torch.bool)
+    # Contiguous whatever the scores' layout (the sweep's batch is a transposed view): `layer` uses .view(-1).
+    mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
     if scope == "row":
         if count:
             mask.scatter_(1, torch.topk(scores, count, dim=1, largest=False).indices, True)
@@ -83,43 +47,35 @@ def sparsegpt_prune_matrix(w: torch.Tensor, hessian: torch.Tensor, sparsity: flo
                            pattern: tuple[int, int] | None, block: int = 128, damp: float = 0.01) -> torch.Tensor:
     """Return the pruned and updated (out, in) matrix; `w` is not modified."""
     W = w.detach().float().clone()
-    H = hessian.detach().float().clone()
     rows, cols = W.shape
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
+    Hinv, dead = inverse_cholesky(hessian, damp)
     W[:, dead] = 0
-    H += damp * torch.mean(torch.diag(H)) * torch.eye(cols)
-    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     if pattern is not None and block % pattern[1]:
         block = pattern[1] * max(1, block // pattern[1])
-    for i1 in range(0, cols, block):
-        i2 = min(i1 + block, cols)
-        count = i2 - i1
-        W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
-        Hinv1 = Hinv[i1:i2, i1:i2]
-        d = torch.diag(Hinv1)
-        if pattern is None:
-            k = int(round(sparsity * (count if scope == "row" else count * rows)))
-            mask1 = _drop_mask(W1.pow(2) / d.pow(2).unsqueeze(0), k, scope)
-        else:
-            mask1 = torch.zeros_like(W1, dtype=torch.bool)
-        for i in range(count):
-            col = W1[:, i]
-            if pattern is not None and i % pattern[1] == 0:
-                n, m = pattern
-                s = W1[:, i : i + m].pow(2) / d[i : i + m].pow(2).unsqueeze(0)
-                mask1[:, i : i + m].scatter_(1, torch.topk(s, m - n, dim=1, largest=False).indices, True)
-            q = col.clone()
-            q[mask1[:, i]] = 0
-            Q1[:, i] = q
-            err = (col - q) / Hinv1[i, i]
-            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
-            Err1[:, i] = err
-        W[:, i1:i2] = Q1
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-    return W.to(w.dtype)
+    masks: dict[str, torch.Tensor] = {}
+
+    def choose(sweep: ColumnSweep, i: int) -> torch.Tensor:
+        j = i - sweep.i1
+        d = torch.diag(sweep.Hinv1)
+        if j == 0:
+            # Unstructured: which weights of this batch go is decided from its values at the batch start.
+            count = sweep.i2 - sweep.i1
+            if pattern is None:
+                k = int(round(sparsity * (count if scope == "row" else count * rows)))
+                masks["batch"] = _drop_mask(sweep.W1.pow(2) / d.pow(2).unsqueeze(0), k, scope)
+            else:
+                masks["batch"] = torch.zeros_like(sweep.W1, dtype=torch.bool)
+        mask1 = masks["batch"]
+        if pattern is not None and j % pattern[1] == 0:
+            # N:M: each group of M is decided when the sweep reaches it, from its values updated so far.
+            n, m = pattern
+            s = sweep.W1[:, j : j + m].pow(2) / d[j : j + m].pow(2).unsqueeze(0)
+            mask1[:, j : j + m].scatter_(1, torch.topk(s, m - n, dim=1, largest=False).indices, True)
+        q = sweep.W1[:, j].clone()
+        q[mask1[:, j]] = 0
+        return q
+
+    return ColumnSweep(W, Hinv, block).run(choose).to(w.dtype)
 
 
 class SparseGPTPrune(CalibratedPrune):

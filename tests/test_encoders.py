@@ -116,6 +116,7 @@ PASSES = [
     ("magnitude_prune", {"pattern": "2:4"}),
     ("wanda_prune", {"sparsity": 0.5}),
     ("wanda_prune", {"sparsity": 0.5, "sequential": False}),
+    ("sparsegpt_prune", {"sparsity": 0.5}),
     ("channel_prune", {"ratio": 0.25}),
     ("channel_prune", {"ratio": 0.25, "skip_first_last": True}),
     ("head_prune", {"ratio": 0.5}),
@@ -223,9 +224,43 @@ def test_embedding_distillation_moves_a_pruned_student_towards_its_teacher(tiny_
     assert_reloads(trained, tmp_path)
 
 
-def test_a_decoder_only_pass_says_so_in_one_line(tiny_bert, ctx):
-    with pytest.raises(UserError, match="the distill pass is for decoder.*bert encoder.*embedding_distill"):
-        build_pass("distill", {"steps": 1})(tiny_bert, ctx)
+# Passes that only make sense for causal LMs, each with what its refusal points an encoder to.
+DECODER_ONLY = [
+    ("distill", {"steps": 1}, "embedding_distill"),
+    ("gptq_quantize", {"grid": "q4_0"}, "ort_quantize"),
+    ("gguf_export", {"check": False}, "onnx_export"),
+    ("ort_genai_export", {"precision": "int8"}, "weight-int8"),
+]
+
+
+@pytest.mark.parametrize("name,config,instead", DECODER_ONLY, ids=[n for n, _, _ in DECODER_ONLY])
+def test_a_decoder_only_pass_refuses_an_encoder_in_one_line_naming_what_to_use(tiny_bert, ctx, name, config, instead):
+    with pytest.raises(UserError) as refused:
+        build_pass(name, config)(tiny_bert, ctx)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert f"the {name} pass is for decoder (causal) language models" in message and "bert encoder" in message
+    assert instead in message
+
+
+COMMANDS_FOR_DECODERS = [
+    (["quantize", "--method", "gptq", "--grid", "q4_0"], "ort-weight-int8"),
+    (["quantize", "--method", "ort-int8"], "ort-weight-int8"),
+    (["quantize", "--method", "ort-int4"], "ort-optimum-int4"),
+    (["export", "gguf", "--no-check"], "onnx_export"),
+    (["export", "ort-genai", "--precision", "int8"], "weight-int8"),
+]
+
+
+@pytest.mark.parametrize("args,instead", COMMANDS_FOR_DECODERS, ids=[" ".join(a[:3]) for a, _ in COMMANDS_FOR_DECODERS])
+def test_a_command_for_causal_lms_refuses_an_encoder_in_one_line_and_saves_nothing(tiny_bert_dir, tmp_path, capsys,
+                                                                                   args, instead):
+    out = tmp_path / ("out.gguf" if "gguf" in args else "out")
+    command = args[:2] if args[0] == "export" else args[:1]
+    code = main([*command, str(tiny_bert_dir), *args[len(command):], "-o", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "encoder" in err and instead in err, err
+    assert not out.exists()
 
 
 def test_the_distill_command_refuses_an_encoder_teacher(tiny_bert_dir, tmp_path, capsys):
@@ -258,13 +293,14 @@ def test_the_prune_command_measures_an_encoder_on_held_out_sentences(tiny_bert_d
 
 def test_the_quantize_command_guards_an_encoder_on_its_embeddings(tiny_bert_dir, encoder_text, tmp_path, capsys):
     out = tmp_path / "q"
-    code = main(["quantize", str(tiny_bert_dir), "--method", "ort-int8", "-o", str(out), "--eval-text", str(encoder_text)])
+    code = main(["quantize", str(tiny_bert_dir), "--method", "ort-dynamic-int8", "-o", str(out),
+                 "--eval-text", str(encoder_text)])
     printed = capsys.readouterr().out
     assert code == 0 and "quality guard passed" in printed and "top-10 overlap" in printed
     quality = json.loads((out / "compress.json").read_text())["metrics"]["quality"]
     assert quality["passed"] and quality["limits"]["min_mean_cosine"] == 0.95
     # An impossible limit with --fail-on-damage: exit 3 and nothing saved.
-    code = main(["quantize", str(tiny_bert_dir), "--method", "ort-int8", "-o", str(tmp_path / "refused"),
+    code = main(["quantize", str(tiny_bert_dir), "--method", "ort-dynamic-int8", "-o", str(tmp_path / "refused"),
                  "--eval-text", str(encoder_text), "--min-cosine", "1.01", "--fail-on-damage"])
     assert code == 3 and not (tmp_path / "refused").exists()
 

@@ -14,6 +14,6 @@ if [ "${TINY:-0}" = 1 ]; then SUITE=benchmarks/encoders/suite-tiny.yaml; fi
 [ -f "$WIKI" ] || { echo "WikiText-2 valid not found at $WIKI; set WIKI=/path/to/wiki.valid.tokens" >&2; exit 2; }
 mkdir -p "$OUT"
 # --work-dir keeps every variant's saved directory, so the load check reads exactly what was measured.
-"$PY" -m compress bench --suite "$SUITE" --eval-text "$WIKI" --work-dir "$OUT/variants" -o "$OUT/bench" --force
+"$PY" -m compress bench --suite "$SUITE" ${REPEATS:+--repeats "$REPEATS"} --eval-text "$WIKI" --work-dir "$OUT/variants" -o "$OUT/bench" --force
 "$PY" benchmarks/encoders/check_loading.py "$OUT/bench/bench.json" --text "$WIKI" -o "$OUT/loading.json"
 "$PY" benchmarks/encoders/table.py "$OUT" | tee "$OUT/table.md"

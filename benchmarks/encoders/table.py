@@ -1,6 +1,7 @@
 """The encoder table (README) from a run's bench.json and loading.json, with the issue's claims checked.
 
     python benchmarks/encoders/table.py RESULTS            # RESULTS/bench/bench.json, RESULTS/loading.json
+    python benchmarks/encoders/table.py RESULTS MORE...    # rows of several runs (the base row from the first)
 """
 
 from __future__ import annotations
@@ -14,13 +15,27 @@ def fmt(x, spec="{:.4f}"):
     return "n/a" if x is None else spec.format(x)
 
 
-def main(results: Path) -> None:
-    report = json.loads((results / "bench" / "bench.json").read_text())
-    loading_path = results / "loading.json"
-    loading = {r["name"]: r for r in json.loads(loading_path.read_text())["variants"]} if loading_path.is_file() else {}
+def read_runs(dirs: list[Path]) -> tuple[dict, dict]:
+    """One report (the first run's, with the variants of the later runs after its own) and the load checks."""
+    report, loading = None, {}
+    for results in dirs:
+        run = json.loads((results / "bench" / "bench.json").read_text())
+        if report is None:
+            report = run
+        else:
+            report["variants"] += [v for v in run["variants"] if v["name"] not in {x["name"] for x in report["variants"]}]
+        loading_path = results / "loading.json"
+        if loading_path.is_file():
+            for r in json.loads(loading_path.read_text())["variants"]:
+                loading.setdefault(r["name"], r)
+    return report, loading
+
+
+def main(dirs: list[Path]) -> None:
+    report, loading = read_runs(dirs)
     sizes = report["settings"]["batch_sizes"]
     header = (["Variant", "Backend"] + [f"Sent/s b{b}" for b in sizes] + [f"× base b{b}" for b in sizes]
-              + ["Latency b1 p50 ms", "Peak RSS MB", "Size MB", "Cosine mean / p5 / min", "Top-10 overlap",
+              + [f"Latency b{b} p50 / p90 / p99 ms" for b in sizes] + ["Peak RSS MB", "Size MB", "Cosine mean / p5 / min", "Top-10 overlap",
                  "Spearman", "Loads with (stock)"])
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * 2 + "---:|" * (len(header) - 3) + "---|")
@@ -30,14 +45,15 @@ def main(results: Path) -> None:
         by = {b["batch_size"]: b for b in sp["batches"]} if sp else {}
         rate = [fmt(by[b]["sentences_per_s"]["median"], "{:.1f}") if b in by else "n/a" for b in sizes]
         ratio = [fmt(by[b].get("speedup"), "{:.2f}×") if b in by else "n/a" for b in sizes]
-        lat = fmt(by[1]["latency_ms"]["p50"], "{:.2f}") if 1 in by else "n/a"
+        lat = [" / ".join(fmt(by[b]["latency_ms"][p], "{:.1f}") for p in ("p50", "p90", "p99")) if b in by else "n/a"
+               for b in sizes]
         rss = fmt(sp["peak_rss_bytes"]["median"] / 1e6, "{:.0f}") if sp else "n/a"
         size = fmt((v.get("size") or {}).get("weights_bytes", 0) / 1e6, "{:.1f}") if v.get("size") else "n/a"
         cos = " / ".join(fmt(q.get(k)) for k in ("cosine_mean", "cosine_p5", "cosine_min"))
         load = loading.get(v["name"], {})
         loads = " + ".join(x for x in (load.get("loader"), load.get("sentence_transformers")) if x) if load.get("loads") \
             else (f"FAILED: {load.get('error')}" if load else "not checked")
-        print("| " + " | ".join([v["name"], v["backend"] or "n/a", *rate, *ratio, lat, rss, size, cos,
+        print("| " + " | ".join([v["name"], v["backend"] or "n/a", *rate, *ratio, *lat, rss, size, cos,
                                  fmt(q.get("top10_overlap"), "{:.1%}"), fmt(q.get("spearman_pairwise")), loads]) + " |")
         rows[v["name"]] = (by, q)
     print()
@@ -61,4 +77,4 @@ def main(results: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/encoders/results"))
+    main([Path(d) for d in sys.argv[1:]] or [Path("benchmarks/encoders/results")])

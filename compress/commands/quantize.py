@@ -14,7 +14,7 @@ from ..quant_grids import GGUF_TYPES, GRID_NAMES
 # ort-int8 / ort-int4: the fast onnxruntime-genai graph, weight-only MatMulNBits with int8 compute
 # (ort_genai_export; causal LMs). ort-dynamic-int8 / ort-optimum-int4 / ort-weight-int8: ort_quantize on
 # optimum's ONNX export (weight-int8: MatMulNBits 8-bit with int8 compute, the fast int8 for encoders).
-# gptq: calibrated rounding onto a runtime's grid (gptq_quantize).
+# gptq: calibrated rounding onto a runtime's grid (gptq_quantize; causal LMs).
 METHODS = ("bnb-int8", "bnb-nf4", "bnb-fp4", "ort-int8", "ort-int4", "ort-dynamic-int8", "ort-optimum-int4",
            "ort-weight-int8", "gptq")
 FAST_GRAPH_METHODS = ("ort-int8", "ort-int4")
@@ -201,9 +201,9 @@ def _json_config(directory: Path) -> dict:
 @click.option("--method", type=click.Choice(METHODS), default=None,
               help="bnb-*: bitsandbytes (PyTorch checkpoint); ort-int8/ort-int4: the fast onnxruntime-genai graph "
                    "(weight-only, int8 compute; causal LMs); ort-dynamic-int8/ort-optimum-int4/ort-weight-int8: "
-                   "optimum's ONNX graph (weight-int8: MatMulNBits 8-bit, int8 compute; the fast int8 for encoders); gptq: "
-                   "calibrated rounding onto --grid (a float checkpoint holding the grid values, plus the runtime's "
-                   "blocks). Or --target-kl instead of --method.")
+                   "optimum's ONNX graph (weight-int8: MatMulNBits 8-bit, int8 compute; the fast int8 for encoders); "
+                   "gptq: calibrated rounding onto --grid (a float checkpoint holding the grid values, plus the "
+                   "runtime's blocks; causal LMs). Or --target-kl instead of --method.")
 @autoquant_options
 @click.option("--keep", multiple=True, metavar="GLOB",
               help="Module names kept in float, e.g. 'model.layers.*.mlp.down_proj' (repeatable). "
@@ -219,7 +219,8 @@ def _json_config(directory: Path) -> dict:
 @click.option("--compute-dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
               show_default=True, help="bnb 4-bit: dtype of the matrix products.")
 @click.option("--block-size", type=int, default=32, show_default=True,
-              help="ort-int8/ort-int4/ort-optimum-int4/ort-weight-int8, gptq int4/int8: weights per scale (GGUF grids: 32 only).")
+              help="ort-int8/ort-int4/ort-optimum-int4/ort-weight-int8, gptq int4/int8: weights per scale "
+                   "(GGUF grids: 32 only).")
 @click.option("--reduce-range", is_flag=True,
               help="ort-dynamic-int8: 7-bit weights (slower path to accuracy; rarely better).")
 @click.option("--int4-algorithm", type=click.Choice(["rtn", "hqq"]), default="rtn", show_default=True,
@@ -326,6 +327,9 @@ def command(model: str, method: str | None, keep, keep_first, keep_last, device,
         raise UserError(f"{method} builds onnxruntime-genai's graph for causal LMs, and {model} is an encoder; use "
                         "ort-weight-int8 (the same weight-only int8 with int8 compute, on optimum's graph), "
                         "ort-dynamic-int8 or ort-optimum-int4")
+    if encoder and method == "gptq":
+        raise UserError(f"gptq rounds a causal LM's projections on next-token calibration, and {model} is an "
+                        "encoder; use ort-weight-int8, ort-dynamic-int8, ort-optimum-int4 or bnb-*")
     # An encoder is evaluated on sentences, each cut at the model's own limit, not on windows.
     check_sequence_lengths(config, model, {"evaluation": evaluation.seq_len if evaluation and not encoder else None})
 

@@ -313,7 +313,7 @@ def run_encoder_bench(suite: EncoderSuite, output: str | Path, force: bool = Fal
     sentences = load_sentences(suite.evaluation)
     timing = sentences.texts[: s.timing_sentences]
     keep = work_dir is not None
-    work = Path(work_dir) if keep else Path(tempfile.mkdtemp(prefix="compress-encoder-bench-"))
+    work = Path(work_dir).expanduser().resolve() if keep else Path(tempfile.mkdtemp(prefix="compress-encoder-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="jobs-", dir=work))
     workers = EncoderWorkers(scratch, s.threads, s.timeout_s, isolation=isolation)

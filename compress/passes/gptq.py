@@ -58,7 +58,7 @@ beside it with the runtime's bytes (compress/quantized_blocks.py).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -169,6 +169,9 @@ class GptqQuantize(Pass):
 
     name = "gptq_quantize"
     needs_calibration = True
+    decoder_only: ClassVar[bool] = True  # its grids are llama.cpp's and the genai graph's, both causal-LM formats
+    encoder_alternative: ClassVar[str] = ("use ort_quantize (method weight-int8 or dynamic-int8) or bnb_quantize "
+                                          "for an encoder")
 
     grid: GridName = Field("q4_0", description="target grid: GGUF q4_0/q4_1/q5_0/q5_1/q8_0 or MatMulNBits int4/int8")
     block_size: int | None = Field(None, description="weights per block (GGUF: 32 only; int4/int8: a power of "

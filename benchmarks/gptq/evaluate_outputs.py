@@ -62,13 +62,11 @@ def main(argv=None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from compress.bench.metrics import cpu_model
     from compress.bench.worker import ReplayLogits
     from compress.evaluate import compare
     from compress.llamacpp import LlamaCppCausalLM
     from compress.models import load_artifact
     from compress.recipe import EvaluationData
-    from compress.saving import library_versions
 
     base = load_artifact(args.model)
     specs = {"wikitext2": EvaluationData(source=args.wiki, split="all", windows=args.eval_windows,
@@ -102,6 +100,13 @@ def main(argv=None) -> None:
             rows[key][domain] = {"ppl_ratio": m["perplexity"] / m["perplexity_base"], **m}
             print(key, domain, json.dumps(rows[key][domain]), flush=True)
         del replay
+        write_record(args, rows, provenance)  # after each domain, so a cut-short run keeps what it measured
+
+
+def write_record(args, rows: dict, provenance: dict) -> None:
+    from compress.bench.metrics import cpu_model
+    from compress.saving import library_versions
+
     record = {"command": "python benchmarks/gptq/evaluate_outputs.py " + " ".join(sys.argv[1:]),
               "date": dt.date.today().isoformat(), "cpu": cpu_model(), "threads": args.threads,
               "versions": library_versions(), "base_runtime": "PyTorch eager float32",

@@ -41,6 +41,7 @@ def parse_args(argv=None):
     ap.add_argument("--eval-windows", type=int, default=16)
     ap.add_argument("--eval-seq-len", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=None, help="torch and llama.cpp threads")
+    ap.add_argument("--domains", default="wikitext2,builtin", help="which evaluation texts, in this order")
     ap.add_argument("--out", required=True, help="the JSON record")
     args = ap.parse_args(argv)
     args.files, args.dirs = {}, {}
@@ -85,7 +86,8 @@ def main(argv=None) -> None:
     rows.update({f"llama.cpp:{name}": {"runtime": "llama.cpp", "output": str(path), "size_bytes": path.stat().st_size}
                  for name, path in args.files.items()})
     provenance = {}
-    for domain, spec in specs.items():
+    for domain in args.domains.split(","):
+        spec = specs[domain]
         windows = spec.load(base.tokenizer)
         provenance[domain] = windows.provenance
         replay = ReplayLogits(base.model, windows, 1)

@@ -33,8 +33,10 @@ def _device_of(model) -> torch.device:
         return torch.device(getattr(model, "device", "cpu"))
 
 
+@torch.no_grad()
 def logits_of(model, input_ids: torch.Tensor) -> torch.Tensor:
-    """Float32 logits on the CPU for a batch of windows, from a torch or ONNX Runtime model."""
+    """Float32 logits on the CPU for a batch of windows, from a torch or ONNX Runtime model (no autograd graph:
+    a caller that keeps them, such as the bench's replayed base logits, keeps only the logits)."""
     if isinstance(model, torch.nn.Module):
         out = model(input_ids=input_ids.to(_device_of(model)), use_cache=False)
     else:  # ORTModelForCausalLM and other callables taking input_ids/attention_mask

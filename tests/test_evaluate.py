@@ -69,3 +69,13 @@ def test_quality_verdict_flags_garbage_and_passes_a_faithful_model():
     problems = quality_verdict({"kl_mean": 7.5, "top1_agreement": 0.02, "perplexity": 1e7})
     assert len(problems) == 2 and "KL" in problems[0] and "top-1" in problems[1]
     assert quality_verdict({"kl_mean": float("nan")})
+
+
+def test_replayed_base_logits_keep_no_autograd_graph(tiny_llama):
+    from compress.bench.worker import ReplayLogits
+
+    tokens = torch.randint(0, tiny_llama.model.config.vocab_size, (48,), generator=torch.Generator().manual_seed(1)).tolist()
+    windows = make_windows(tokens, WindowSpec(seq_len=16, stride=16, max_windows=None))
+    replay = ReplayLogits(tiny_llama.model, windows, 1)
+    assert all(logits.grad_fn is None and not logits.requires_grad for _, logits in replay.batches)
+    assert compare(replay, tiny_llama.model, windows)["kl_mean"] == pytest.approx(0.0, abs=1e-6)

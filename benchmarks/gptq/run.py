@@ -63,11 +63,15 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--results", default=str(HERE / "results"))
     ap.add_argument("--save", default=None, help="keep each GPTQ output under this directory")
+    ap.add_argument("--build-only", action="store_true",
+                    help="only build and --save the GPTQ outputs (evaluate them with evaluate_outputs.py)")
     ap.add_argument("--smoke", action="store_true", help="tiny calibration and evaluation: proves the path runs")
     args = ap.parse_args(argv)
     unknown = set(args.variants.split(",")) - set(VARIANTS)
     if unknown:
         ap.error(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
+    if args.build_only and not args.save:
+        ap.error("--build-only needs --save")
     if args.smoke:
         args.calib_samples, args.calib_seq_len, args.eval_windows, args.eval_seq_len = 2, 128, 1, 128
     return args
@@ -110,6 +114,7 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from compress.bench.metrics import cpu_model
+    from compress.bench.worker import ReplayLogits
     from compress.evaluate import compare
     from compress.models import load_artifact
     from compress.recipe import EvaluationData
@@ -129,22 +134,28 @@ def main(argv=None) -> None:
     label = args.grid + (f"-b{args.block_size}" if args.block_size else "") + ("-asym" if args.asymmetric else "") \
         + ("" if args.calib_text == "builtin" else f"-calib-{Path(args.calib_text).stem}") \
         + ("" if args.damp is None else f"-damp{args.damp:g}")
-    rows = []
+    rows, variants = [], {}
     for name in args.variants.split(","):
         variant, seconds = build(name, args, base)
         row = {"variant": name, "grid": label, "build_seconds": round(seconds, 1)}
-        for domain, w in windows.items():
-            m = compare(base.model, variant.model, w, desc=f"{name} ({domain})")
-            row[domain] = {"ppl_ratio": m["perplexity"] / m["perplexity_base"], "kl_mean": m["kl_mean"],
-                           "top1_agreement": m["top1_agreement"], "perplexity": m["perplexity"],
-                           "perplexity_base": m["perplexity_base"]}
         if variant.passes and variant.passes[-1]["name"] == "gptq_quantize":
             row["output_error_mean"] = variant.passes[-1]["metrics"]["output_error_mean"]
             if args.save:
                 save_artifact(variant, Path(args.save) / f"{label}-{name}", force=True)
         rows.append(row)
+        variants[name] = variant
         print(json.dumps(row), flush=True)
-        del variant
+    if args.build_only:
+        return
+    for domain, w in windows.items():  # the base's logits once per domain, for every variant
+        replay = ReplayLogits(base.model, w, 1)
+        for row in rows:
+            m = compare(replay.rewind(), variants[row["variant"]].model, w, desc=f"{row['variant']} ({domain})")
+            row[domain] = {"ppl_ratio": m["perplexity"] / m["perplexity_base"], "kl_mean": m["kl_mean"],
+                           "top1_agreement": m["top1_agreement"], "perplexity": m["perplexity"],
+                           "perplexity_base": m["perplexity_base"]}
+            print(json.dumps({"variant": row["variant"], domain: row[domain]}), flush=True)
+        del replay
     record = {"command": "python benchmarks/gptq/run.py " + " ".join(sys.argv[1:]), "date": dt.date.today().isoformat(),
               "calibration": calibration_source(args),
               "cpu": cpu_model(), "torch_threads": torch.get_num_threads(), "versions": library_versions(),

@@ -63,6 +63,14 @@ def parse_args(argv=None):
     ap.add_argument("--train-windows", type=int, default=None, help="training windows (default: all of the text)")
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--warmup-steps", type=int, default=20)
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="training compute dtype (bfloat16: autocast; the weights stay float32)")
+    ap.add_argument("--text", default="builtin",
+                    help="calibration and training text, its calibration part (builtin, mixed, ...)")
+    ap.add_argument("--curve-every", type=int, default=0,
+                    help="student perplexity on the first --curve-windows WikiText-2 evaluation windows every N "
+                         "steps (measured only, inside the training time)")
+    ap.add_argument("--curve-windows", type=int, default=2)
     ap.add_argument("--eval-windows", type=int, default=16)
     ap.add_argument("--eval-seq-len", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -87,7 +95,8 @@ def evaluation_sets(args) -> dict:
                                         seq_len=args.eval_seq_len),
             "builtin": EvaluationData(source="builtin", split="evaluation", windows=args.eval_windows,
                                       seq_len=args.eval_seq_len)}
-    check_disjoint(TextSpec(source="builtin", split="calibration"), sets["builtin"])
+    for spec in sets.values():
+        check_disjoint(TextSpec(source=args.text, split="calibration"), spec)
     return sets
 
 
@@ -116,7 +125,7 @@ def run_variant(name: str, args, base, windows: dict) -> dict:
     from compress.distill import TrainConfig, distill_into, summarize, training_windows
     from compress.passes.base import CalibrationData, PassContext
 
-    calibration = CalibrationData(source="builtin", split="calibration", samples=args.calib_samples,
+    calibration = CalibrationData(source=args.text, split="calibration", samples=args.calib_samples,
                                   seq_len=args.calib_seq_len)
     prune = prune_pass(name, args)
     start = time.perf_counter()
@@ -125,11 +134,19 @@ def run_variant(name: str, args, base, windows: dict) -> dict:
     before = quality(base, student.model, windows)
 
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
-                         warmup_steps=args.warmup_steps, kl_weight=1.0, keep_sparsity=True)
-    train = training_windows(base.tokenizer, TextSpec(source="builtin", split="calibration"), args.seq_len,
+                         warmup_steps=args.warmup_steps, kl_weight=1.0, keep_sparsity=True, dtype=args.dtype,
+                         eval_every=args.curve_every)
+    train = training_windows(base.tokenizer, TextSpec(source=args.text, split="calibration"), args.seq_len,
                              args.train_windows)
+    curve_windows = None
+    if args.curve_every:
+        from compress.data import Windows
+
+        w = windows["wikitext2"]
+        curve_windows = Windows(w.input_ids[:args.curve_windows], w.score_from[:args.curve_windows],
+                                {**w.provenance, "windows_used": args.curve_windows})
     cpu_start, wall_start = time.process_time(), time.perf_counter()
-    result = distill_into(student, base, train, config, final_eval=False)
+    result = distill_into(student, base, train, config, eval_windows=curve_windows, final_eval=False)
     train_cpu, train_wall = time.process_time() - cpu_start, time.perf_counter() - wall_start
     student.record_pass("distill", config.model_dump(mode="json"), summarize(result), train_wall)
     after = quality(base, student.model, windows)
@@ -149,6 +166,7 @@ def run_variant(name: str, args, base, windows: dict) -> dict:
         "sparsity": {k: v for k, v in sparsity.items() if k != "per_matrix"},
         "train_wall_seconds": round(train_wall, 1), "train_cpu_minutes": round(train_cpu / 60, 2),
         "loss_curve": summarize(result, every=max(1, args.steps // 10))["loss_curve"],
+        "wiki_ppl_curve": {"windows": args.curve_windows if args.curve_every else 0, "points": result["evals"]},
         "targets": {"ppl_ratio_max": target, "met_ppl": after["wikitext2"]["ppl_ratio"] <= target,
                     "met_zeros": zeros_kept,
                     "met_budget": train_cpu / 60 <= TRAIN_BUDGET_CPU_MINUTES},

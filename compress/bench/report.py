@@ -170,10 +170,19 @@ def _median_or_none(values: list[float | None]) -> float | None:
 
 def write_reports(report: dict, output: Path, force: bool = False) -> Path:
     """bench.json, bench.csv, bench.md and bench.png, written atomically into `output`."""
-    from ..saving import atomic_directory
     from .schema import validate_report
 
     validate_report(report)
+    return write_report_files(report, output, force, to_csv, to_markdown, plot)
+
+
+def write_report_files(report: dict, output: Path, force: bool, to_csv, to_markdown, plot) -> Path:
+    """The four report files of a validated report, made by the given writers, atomically into `output`.
+
+    Shared by the decoder and the encoder bench, whose tables and plots differ but whose files do not.
+    """
+    from ..saving import atomic_directory
+
     with atomic_directory(output, force=force) as tmp:
         (tmp / "bench.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
         (tmp / "bench.csv").write_text(to_csv(report))

@@ -94,15 +94,10 @@ def validate(report: dict) -> None:
 
 
 def write_reports(report: dict, output: Path, force: bool = False) -> Path:
-    from ..saving import atomic_directory
+    from ..bench.report import write_report_files
 
     validate(report)
-    with atomic_directory(output, force=force) as tmp:
-        (tmp / "bench.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
-        (tmp / "bench.csv").write_text(to_csv(report))
-        plotted = plot(report, tmp / "bench.png")
-        (tmp / "bench.md").write_text(to_markdown(report, plot_file="bench.png" if plotted else None))
-    return output
+    return write_report_files(report, output, force, to_csv, to_markdown, plot)
 
 
 CSV_COLUMNS = ["name", "status", "backend", "batch_size", "sentences_per_s_median", "sentences_per_s_min",

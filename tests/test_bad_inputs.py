@@ -484,9 +484,24 @@ def _compress(*args, **kwargs) -> subprocess.Popen:
                             text=True, env=env, **kwargs)
 
 
+def _wait_until_torch_is_loading(proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Return once the child has mapped libtorch: it is then inside compress's own imports.
+
+    Before compress's first line runs (site, runpy) a Ctrl-C is Python's to answer, not ours.
+    """
+    maps = Path(f"/proc/{proc.pid}/maps")
+    if not maps.exists():
+        pytest.skip("needs /proc to see when the command line is inside its imports")
+    deadline = time.monotonic() + timeout
+    while "libtorch" not in maps.read_text():
+        assert proc.poll() is None, "the command ended before it imported torch"
+        assert time.monotonic() < deadline, "the command did not import torch within a minute"
+        time.sleep(0.005)
+
+
 def test_ctrl_c_while_starting_is_one_line_and_exit_130(tmp_path):
     proc = _compress("prune", "smollm2", "-o", str(tmp_path / "out"))
-    time.sleep(0.5)  # inside the imports (torch alone takes seconds)
+    _wait_until_torch_is_loading(proc)  # a fixed sleep lands in the interpreter's own start-up on a cold machine
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130

@@ -59,6 +59,23 @@ def output_head_names(model: nn.Module) -> set[str]:
     return names
 
 
+def untie_output_head(model: nn.Module) -> bool:
+    """Give a head tied to the input embeddings its own copy of their weights; True if it was tied.
+
+    A pass that changes the head (quantizing it, say) then leaves the embedding
+    table alone; the config says the model is untied, so saving and reloading
+    keep the two apart.
+    """
+    get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
+    head = get_out() if callable(get_out) else None
+    table = get_in() if callable(get_in) else None
+    if head is None or table is None or head.weight is not table.weight:
+        return False
+    head.weight = nn.Parameter(table.weight.detach().clone(), requires_grad=table.weight.requires_grad)
+    model.config.tie_word_embeddings = False
+    return True
+
+
 def weight_matrices(
     model: nn.Module,
     include: list[str] | None = None,

@@ -335,3 +335,42 @@ def test_a_missing_evaluation_file_is_refused_before_anything_is_built_or_timed(
     err = capsys.readouterr().err
     assert code == 2 and "nope.txt does not exist" in err and err.count("error:") == 1
     assert not (tmp_path / "report").exists()
+
+
+def _scripted_worker(monkeypatch, seconds_per_variant: list[float]):
+    """Workers whose process announces each variant, works `seconds` on it, and reports it done."""
+    import subprocess
+    import sys
+
+    from compress.bench import harness
+
+    def start(self, args, err, pass_fds=()):
+        events_path = args[2]
+        script = (
+            "import json, sys, time\n"
+            f"for i, s in enumerate({seconds_per_variant!r}):\n"
+            f"    with open({events_path!r}, 'a') as f: f.write(json.dumps({{'event': 'start', 'name': f'v{{i}}'}}) + '\\n')\n"
+            "    time.sleep(s)\n"
+            f"    with open({events_path!r}, 'a') as f: f.write(json.dumps({{'event': 'result', 'name': f'v{{i}}'}}) + '\\n')\n"
+        )
+        return harness._Process(subprocess.Popen([sys.executable, "-c", script], stderr=err))
+
+    monkeypatch.setattr(harness.Workers, "_start", start)
+
+
+def test_a_worker_taking_several_variants_gets_the_timeout_for_each_not_for_all(monkeypatch, tmp_path):
+    from compress.bench.harness import Workers
+
+    _scripted_worker(monkeypatch, [1.2, 1.2, 1.2])  # 3.6 s in all, each under the 2 s timeout
+    result = Workers(tmp_path, threads=1, timeout=2.0).run("quality", {})
+    assert not result.timed_out
+    assert [e["name"] for e in result.events if e["event"] == "result"] == ["v0", "v1", "v2"]
+
+
+def test_a_variant_past_the_timeout_stops_the_worker(monkeypatch, tmp_path):
+    from compress.bench.harness import Workers
+
+    _scripted_worker(monkeypatch, [0.1, 30.0])
+    result = Workers(tmp_path, threads=1, timeout=1.5).run("quality", {})
+    assert result.timed_out
+    assert [e["name"] for e in result.events if e["event"] == "result"] == ["v0"]

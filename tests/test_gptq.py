@@ -291,9 +291,57 @@ def test_the_command_line_writes_grid_weights_and_blocks(tiny_llama_dir, tmp_pat
     (["--method", "ort-int4", "--act-order"], "--act-order/--no-act-order only applies to --method gptq"),
     (["--method", "bnb-nf4", "--no-act-order"], "--act-order/--no-act-order only applies to --method gptq"),
     (["--method", "gptq", "--grid", "q4_0", "--int4-algorithm", "hqq"], "--int4-algorithm"),
+    (["--method", "ort-int8", "--head"], "--head only applies to --method gptq"),
 ])
 def test_bad_option_combinations_are_one_line_errors(tiny_llama_dir, tmp_path, capsys, args, message):
     assert main(["quantize", str(tiny_llama_dir), *args, "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_head_option_unties_a_tied_head_and_leaves_the_embeddings_float(tiny_llama, ctx, tmp_path):
+    """head: true puts the output head on the grid; the embedding table it was tied to keeps its values,
+    through save and reload, and a GGUF export writes the head's blocks as output.weight next to a
+    token_embd at the export's own type."""
+    import gguf
+
+    from compress.models import load_artifact
+    from compress.saving import save_artifact
+
+    embeddings = tiny_llama.model.get_input_embeddings().weight.detach().clone()
+    result = GptqQuantize(grid="q4_0", head=True)(tiny_llama, ctx)
+    model = result.model
+    assert model.lm_head.weight is not model.get_input_embeddings().weight
+    assert not model.config.tie_word_embeddings
+    assert torch.equal(model.get_input_embeddings().weight, embeddings)
+    head_blocks = result.quantized_blocks["lm_head.weight"]
+    assert np.array_equal(dequantize_entry(head_blocks), model.lm_head.weight.detach().numpy())
+    metrics = result.passes[-1]["metrics"]
+    assert metrics["head_untied"] is True
+    assert "lm_head" in metrics["output_error_per_matrix"]
+    assert tiny_llama.model.lm_head.weight is tiny_llama.model.get_input_embeddings().weight, "the input changed"
+
+    reloaded = load_artifact(str(save_artifact(result, tmp_path / "gptq-head")))
+    assert torch.equal(reloaded.model.get_input_embeddings().weight, embeddings)
+    assert torch.equal(reloaded.model.lm_head.weight, model.lm_head.weight)
+
+    exported = build_pass("gguf_export", {"type": "q8_0", "check": False})(reloaded)
+    path = save_artifact(exported, tmp_path / "head.gguf")
+    tensors = {t.name: t for t in gguf.GGUFReader(path).tensors}
+    assert tensors["output.weight"].tensor_type == gguf.GGMLQuantizationType.Q4_0
+    assert np.array_equal(np.asarray(tensors["output.weight"].data).reshape(-1), head_blocks[1].reshape(-1))
+    assert tensors["token_embd.weight"].tensor_type == gguf.GGMLQuantizationType.Q8_0
+
+
+def test_head_option_on_an_untied_head_quantizes_it_in_place(tiny_llama_dir, ctx, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from conftest import tiny_llama_config
+    from compress.artifact import Artifact
+
+    untied = AutoModelForCausalLM.from_config(tiny_llama_config(len(tiny_tokenizer), tie_word_embeddings=False))
+    result = GptqQuantize(grid="q8_0", head=True)(Artifact(model=untied, tokenizer=tiny_tokenizer), ctx)
+    assert result.passes[-1]["metrics"]["head_untied"] is False
+    assert "lm_head.weight" in result.quantized_blocks
+    assert torch.equal(result.model.get_input_embeddings().weight, untied.get_input_embeddings().weight)

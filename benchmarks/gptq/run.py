@@ -51,6 +51,8 @@ def parse_args(argv=None):
     ap.add_argument("--block-size", type=int, default=None)
     ap.add_argument("--asymmetric", action="store_true")
     ap.add_argument("--damp", type=float, default=None, help="GPTQ Hessian dampening (default: the pass's)")
+    ap.add_argument("--head", action="store_true",
+                    help="GPTQ also quantizes the output head (untied; the embeddings stay float for the writer)")
     ap.add_argument("--variants", default="rtn,gptq,gptq-act", help=f"comma-separated: {', '.join(VARIANTS)}")
     ap.add_argument("--wiki", default=str(WIKI))
     ap.add_argument("--calib-text", default="builtin",
@@ -98,7 +100,7 @@ def build(name: str, args, base):
             for t in weight_matrices(variant.model):
                 t.weight.copy_(grid.round_to_nearest(t.weight, clip_search=name == "rtn-clip")[0])
     else:
-        options = {**VARIANTS[name], **({"damp": args.damp} if args.damp is not None else {})}
+        options = {**VARIANTS[name], **({"damp": args.damp} if args.damp is not None else {}), "head": args.head}
         gptq = GptqQuantize(grid=args.grid, block_size=args.block_size,
                             symmetric=False if args.asymmetric else None, **options)
         calibration = CalibrationData(source=calibration_source(args), samples=args.calib_samples,
@@ -133,7 +135,7 @@ def main(argv=None) -> None:
     results_dir.mkdir(parents=True, exist_ok=True)
     label = args.grid + (f"-b{args.block_size}" if args.block_size else "") + ("-asym" if args.asymmetric else "") \
         + ("" if args.calib_text == "builtin" else f"-calib-{Path(args.calib_text).stem}") \
-        + ("" if args.damp is None else f"-damp{args.damp:g}")
+        + ("" if args.damp is None else f"-damp{args.damp:g}") + ("-head" if args.head else "")
     rows, variants = [], {}
     for name in args.variants.split(","):
         variant, seconds = build(name, args, base)

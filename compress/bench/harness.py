@@ -146,14 +146,23 @@ class Workers:
         return LiveWorker(proc, events_path, log_path, err)
 
     def run(self, mode: str, job: dict, on_event: Callable[[dict], None] | None = None) -> WorkerResult:
+        """Run one worker to its end. The timeout is per variant: a worker that goes through several
+        (the quality worker takes them all in turn) gets the full timeout again at each one's start."""
         live = self.start(mode, job)
-        start = time.monotonic()
+        clock = {"start": time.monotonic()}
+
+        def seen(event: dict) -> None:
+            if event.get("event") == "start":
+                clock["start"] = time.monotonic()
+            if on_event is not None:
+                on_event(event)
+
         while True:
             done = live.proc.finished(0.5)
-            live.poll(on_event)
+            live.poll(seen)
             if done:
                 break
-            if time.monotonic() - start > self.timeout:
+            if time.monotonic() - clock["start"] > self.timeout:
                 live.proc.kill()  # only the worker this call started
                 live.timed_out = True
                 live.poll(on_event)

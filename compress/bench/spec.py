@@ -89,7 +89,8 @@ class Settings(BaseModel):
         "all variants resident at once); processes: one process at a time; auto: turns on the CPU where they fit in memory")
     decode_chunk: int = Field(2, ge=1, description="decode steps per turn when taking turns")
     threads: int | None = Field(None, ge=1, description="torch/ORT intra-op threads; None: all cores")
-    timeout_s: float = Field(900.0, gt=0, description="a worker running longer than this is stopped and its variant failed")
+    timeout_s: float = Field(900.0, gt=0, description="a worker spending longer than this on one variant is stopped and that "
+                             "variant failed")
     quality: bool = True
     trust_remote_code: bool = Field(False, description="allow a model's own Python code (auto_map) while planning "
                                     "and building variants")

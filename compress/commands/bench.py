@@ -49,7 +49,7 @@ from ..data import BUILTIN
 @click.option("--no-quality", is_flag=True, help="Skip perplexity, divergence and samples (speed, memory and size only).")
 @click.option("--work-dir", type=click.Path(file_okay=False), default=None,
               help="Keep the variants built from recipes here (default: a temporary directory, removed afterwards).")
-@click.option("--timeout", type=float, default=None, help="Seconds before a stuck measurement is stopped and its variant failed [default: 900].")
+@click.option("--timeout", type=float, default=None, help="Seconds a worker may spend on one variant before it is stopped and that variant failed [default: 900].")
 @click.option("--isolation", type=click.Choice(["exec", "fork"]), default="exec", show_default=True,
               help="exec: a new interpreter per measurement; fork: workers forked from this process (no import "
                    "cost, for tests and dry runs; CPU only, since CUDA does not survive a fork).")

@@ -21,7 +21,7 @@ FAST_GRAPH_METHODS = ("ort-int8", "ort-int4")
 # Options of --method gptq only, as (parameter, flag): refused with the other methods when given.
 GPTQ_ONLY = (("grid", "--grid"), ("asymmetric", "--asymmetric"), ("act_order", "--act-order/--no-act-order"),
              ("clip_search", "--clip-search"), ("damp", "--damp"), ("sequential", "--sequential/--one-shot"),
-             ("keep_sparsity", "--keep-sparsity"))
+             ("keep_sparsity", "--keep-sparsity"), ("head", "--head"))
 # Options of --method only (every method's), refused with --target-kl when given.
 METHOD_ONLY = (("keep", "--keep"), ("keep_first", "--keep-first"), ("keep_last", "--keep-last"),
                ("device", "--device"), ("double_quant", "--double-quant/--no-double-quant"),
@@ -45,7 +45,7 @@ def refuse_given(options: tuple[tuple[str, str], ...], applies_to: str, not_to: 
 
 def build_gptq_pass(grid: str | None, block_size: int, asymmetric: bool, act_order: bool | None, clip_search: bool,
                     damp: float | None, sequential: bool | None, keep_sparsity: bool, keep: tuple[str, ...],
-                    keep_first, keep_last, int4_algorithm: str, reduce_range: bool):
+                    keep_first, keep_last, int4_algorithm: str, reduce_range: bool, head: bool = False):
     """The gptq_quantize pass for `--method gptq`, validated (one-line UserError on a bad combination)."""
     from ..errors import UserError
     from ..passes.base import build_pass
@@ -61,7 +61,7 @@ def build_gptq_pass(grid: str | None, block_size: int, asymmetric: bool, act_ord
     if int4_algorithm != "rtn" or reduce_range:
         raise UserError("--int4-algorithm and --reduce-range apply to ort-optimum-int4 / ort-dynamic-int8, not to --method gptq")
     config = {"grid": grid, "block_size": block_size, "clip_search": clip_search, "keep_sparsity": keep_sparsity,
-              "exclude": list(keep) or None}
+              "exclude": list(keep) or None, "head": head}
     if act_order is not None:
         config["act_order"] = act_order
     if asymmetric:
@@ -239,13 +239,16 @@ def _json_config(directory: Path) -> dict:
               help="gptq: calibrate block by block on the quantized blocks' outputs (default) or in one pass.")
 @click.option("--keep-sparsity", is_flag=True,
               help="gptq: weights that are exactly 0 (a pruned model's) stay 0 (not with q4_1 / q5_1).")
+@click.option("--head", is_flag=True,
+              help="gptq: also quantize the output head; a tied head is untied, the input embeddings staying float "
+                   "(export them at q8_0: a lookup costs no decode time).")
 @guard_options
 @trust_remote_code_option
 @data_options
 @output_options
 def command(model: str, method: str | None, keep, keep_first, keep_last, device, double_quant, compute_dtype, block_size,
             reduce_range, int4_algorithm, grid, asymmetric, act_order, clip_search, damp, sequential, keep_sparsity,
-            max_kl, min_top1, min_cosine, min_top10, fail_on_damage, output, force, trust_remote_code, target_kl,
+            head, max_kl, min_top1, min_cosine, min_top10, fail_on_damage, output, force, trust_remote_code, target_kl,
             types, search_windows, check_windows, **data) -> None:
     """Quantize MODEL and check the result against it on evaluation text.
 
@@ -304,7 +307,7 @@ def command(model: str, method: str | None, keep, keep_first, keep_last, device,
     check_device(device)
     if method == "gptq":
         quant = build_gptq_pass(grid, block_size, asymmetric, act_order, clip_search, damp, sequential,
-                                keep_sparsity, keep, keep_first, keep_last, int4_algorithm, reduce_range)
+                                keep_sparsity, keep, keep_first, keep_last, int4_algorithm, reduce_range, head)
     else:
         refuse_given(GPTQ_ONLY, "--method gptq", method)
         quant = build_quantize_pass(method, keep, keep_first, keep_last, device, double_quant, compute_dtype,

@@ -49,9 +49,13 @@ sparsify-and-quantize mode does. Neither runtime skips zeros today, so this
 keeps a pruned model's pattern (for sparse kernels, or to measure it) at some
 cost in quality against letting GPTQ fill them.
 
-Only the projections inside the model are quantized (the output head and the
-embeddings are not: a tied head would change the embeddings too, and both are
-left to the writer). The saved output is a float checkpoint holding the grid
+Only the projections inside the model are quantized unless ``head: true``:
+then the output head is quantized too, last, on the final norm's outputs of the
+already-quantized model. A head tied to the input embeddings is untied first,
+so the embedding table keeps its float values and a writer stores it at its own
+type (llama.cpp reads one embedding row per token, so a GGUF's ``token_embd``
+at q8_0 costs file size but no decode time, while the head's matrix product is
+a large share of each token's work). The saved output is a float checkpoint holding the grid
 values (stock `from_pretrained` loads it) plus `quantized_blocks.safetensors`
 beside it with the runtime's bytes (compress/quantized_blocks.py).
 """
@@ -66,7 +70,7 @@ from pydantic import Field, model_validator
 
 from ..artifact import Artifact
 from ..errors import UserError
-from ..layers import WeightMatrix, weight_matrices
+from ..layers import WeightMatrix, untie_output_head, weight_matrices
 from ..progress import progress
 from ..quant_grids import GRID_NAMES, Grid, dequantize_entry
 from .base import Pass, PassContext
@@ -192,8 +196,10 @@ class GptqQuantize(Pass):
                                 "other weights compensating; needs a grid with an exact zero (not q4_1 / q5_1)")
     sequential: bool = Field(True, description="collect each decoder block's Hessians on the outputs of the "
                              "blocks already quantized (false: one calibration pass of the float model)")
+    head: bool = Field(False, description="also quantize the output head (calibrated last; a tied head is "
+                       "untied first, the input embeddings keeping their float values)")
     include: list[str] | None = Field(None, description="glob patterns of module names to quantize "
-                                      "(default: every projection but the output head)")
+                                      "(default: every projection, and the output head when head is true)")
     exclude: list[str] | None = None
 
     @model_validator(mode="after")
@@ -211,7 +217,7 @@ class GptqQuantize(Pass):
         return Grid.named(self.grid, self.block_size, self.symmetric)
 
     def targets(self, model) -> list[WeightMatrix]:
-        found = list(weight_matrices(model, self.include, self.exclude))
+        found = list(weight_matrices(model, self.include, self.exclude, include_lm_head=self.head))
         if not found:
             raise UserError(f"{self.name}: no Linear/Conv1D layers match include={self.include} exclude={self.exclude}")
         return found
@@ -222,6 +228,7 @@ class GptqQuantize(Pass):
             raise UserError(f"{self.name}: the model's weights are already on a runtime grid "
                             f"({len(artifact.quantized_blocks)} matrices); quantize the float model instead")
         grid = self.target_grid()
+        untied = untie_output_head(artifact.model) if self.head else False
         targets = self.targets(artifact.model)
         unfit = [(t, grid.check_width(t.in_features)) for t in targets if grid.check_width(t.in_features)]
         if unfit:
@@ -265,7 +272,7 @@ class GptqQuantize(Pass):
             quantize_group(targets, lambda: run_calibration(model, windows, f"{self.name} calibration"))
         weights = sum(t.weight.numel() for t in targets)
         return {**self.report(grid, per_layer), "sparsity_before": round(zero_counts[0] / weights, 6),
-                "sparsity_after": round(zero_counts[1] / weights, 6)}
+                "sparsity_after": round(zero_counts[1] / weights, 6), "head_untied": untied}
 
     @staticmethod
     def _store(artifact: Artifact, t: WeightMatrix, chosen: GridWeights) -> None:

@@ -64,6 +64,17 @@ def test_f32_export_computes_the_same_logits_in_llama_cpp(request, arch):
     assert_same_logits(art, exported(art, type="f32"))
 
 
+def test_models_run_with_flash_attention_as_llama_cpp_itself_would(tiny_llama):
+    """llama.cpp's default turns flash attention on for the CPU; llama-cpp-python's turns it off."""
+    import llama_cpp
+
+    result = exported(tiny_llama, type="f32")
+    assert result.model.session(32).llm.context_params.flash_attn_type == llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+    result.model.window_logits(IDS[0].tolist())
+    assert result.model.open(16, logits_all=True).context_params.flash_attn_type == \
+        llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+
+
 def test_llama_cpp_tokenizes_exactly_as_the_tokenizer(tiny_llama):
     from compress.llamacpp import LlamaCppTokenizer
 

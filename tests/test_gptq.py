@@ -284,6 +284,17 @@ def test_the_command_line_writes_grid_weights_and_blocks(tiny_llama_dir, tmp_pat
     assert "on the q4_0 grid" in capsys.readouterr().out
 
 
+def test_the_command_line_quantizes_the_head_with_head(tiny_llama_dir, tmp_path):
+    from compress.models import load_artifact
+
+    out = tmp_path / "gptq-head"
+    assert main(["-q", "quantize", str(tiny_llama_dir), "--method", "gptq", "--grid", "q8_0", "--head", "-o", str(out),
+                 "--calib-samples", "2", "--calib-seq-len", "64", "--eval-windows", "1", "--eval-seq-len", "64"]) == 0
+    reloaded = load_artifact(str(out))
+    assert "lm_head.weight" in reloaded.quantized_blocks
+    assert reloaded.model.lm_head.weight is not reloaded.model.get_input_embeddings().weight
+
+
 @pytest.mark.parametrize("args, message", [
     (["--method", "gptq"], "needs --grid"),
     (["--method", "gptq", "--grid", "q4_1", "--asymmetric"], "--asymmetric applies to the int4/int8 grids"),

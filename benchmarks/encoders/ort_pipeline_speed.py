@@ -1,0 +1,42 @@
+"""Encoder batch-32 speed through optimum's ORTModelForFeatureExtraction plus torch mean pooling (as the bench and
+sentence-transformers' ONNX backend run it), thread spinning on and off, against PyTorch fp32.
+
+    python benchmarks/encoders/ort_pipeline_speed.py ONNX_DIR
+"""
+import sys, time, statistics, torch, numpy as np, onnxruntime as ort
+from pathlib import Path
+from optimum.onnxruntime import ORTModelForFeatureExtraction
+from transformers import AutoTokenizer, AutoModel
+from compress.encoders.sentences import SentenceSpec, load_sentences
+torch.set_num_threads(2)
+from compress.models import resolve_source
+base = str(resolve_source("minilm").path)
+tok = AutoTokenizer.from_pretrained(base)
+lines = load_sentences(SentenceSpec(source=str(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "wikitext-2" / "wiki.valid.tokens"), split="evaluation", sentences=256)).texts
+lines.sort(key=lambda s: len(tok(s)["input_ids"]))
+batches = [tok(lines[i:i+32], padding=True, truncation=True, max_length=256, return_tensors="pt") for i in range(0, 256, 32)]
+def pool(h, m):
+    m = m[..., None].float(); e = (h * m).sum(1) / m.sum(1); return torch.nn.functional.normalize(e, dim=1)
+model = AutoModel.from_pretrained(base).eval()
+def mk(spin):
+    o = ort.SessionOptions(); o.intra_op_num_threads = 2
+    if not spin: o.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ORTModelForFeatureExtraction.from_pretrained(sys.argv[1], session_options=o)
+ms = {"spin": mk(True), "nospin": mk(False)}
+def run_torch():
+    with torch.inference_mode():
+        for b in batches: pool(model(**b).last_hidden_state, b["attention_mask"])
+def run_ort(m):
+    def f():
+        with torch.inference_mode():
+            for b in batches: pool(m(**b).last_hidden_state, b["attention_mask"])
+    return f
+fns = {"torch": run_torch, **{k: run_ort(m) for k, m in ms.items()}}
+for f in fns.values(): f()
+t = {k: [] for k in fns}
+for r in range(5):
+    for k, f in fns.items():
+        s = time.perf_counter(); f(); t[k].append(time.perf_counter() - s)
+for k, v in t.items():
+    rat = [a / b for a, b in zip(t["torch"], v)]
+    print(f"{k:8s} {256/statistics.median(v):6.1f} sent/s x torch {statistics.median(rat):.2f} [{min(rat):.2f}-{max(rat):.2f}]")

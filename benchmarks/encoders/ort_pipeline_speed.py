@@ -3,6 +3,7 @@ sentence-transformers' ONNX backend run it), thread spinning on and off, against
 
     python benchmarks/encoders/ort_pipeline_speed.py ONNX_DIR
 """
+from _rounds import interleaved
 import sys, time, statistics, torch, numpy as np, onnxruntime as ort
 from pathlib import Path
 from optimum.onnxruntime import ORTModelForFeatureExtraction
@@ -32,11 +33,4 @@ def run_ort(m):
             for b in batches: pool(m(**b).last_hidden_state, b["attention_mask"])
     return f
 fns = {"torch": run_torch, **{k: run_ort(m) for k, m in ms.items()}}
-for f in fns.values(): f()
-t = {k: [] for k in fns}
-for r in range(5):
-    for k, f in fns.items():
-        s = time.perf_counter(); f(); t[k].append(time.perf_counter() - s)
-for k, v in t.items():
-    rat = [a / b for a, b in zip(t["torch"], v)]
-    print(f"{k:8s} {256/statistics.median(v):6.1f} sent/s x torch {statistics.median(rat):.2f} [{min(rat):.2f}-{max(rat):.2f}]")
+interleaved(fns, items=256)

@@ -5,6 +5,7 @@
 The bench's 256 timing sentences (WikiText-2 valid, evaluation half), sorted by length, batches of 32;
 prints each graph's cosine to PyTorch and its speed ratio, median [range] of 5 rounds.
 """
+from _rounds import interleaved
 import sys, time, statistics, json
 from pathlib import Path
 import numpy as np, torch, onnxruntime as ort
@@ -47,11 +48,4 @@ with torch.inference_mode():
 for name, (s, names) in sessions.items():
     cos = np.concatenate([(pooled(s.run(None, {k: v.astype(np.int64) for k, v in b.items() if k in names})[0], b["attention_mask"]) * r).sum(1) for b, r in zip(batches, ref)])
     print(f"{name:24s} cosine mean {cos.mean():.4f} min {cos.min():.4f}")
-for f in fns.values(): f()
-times = {n: [] for n in fns}
-for r in range(5):
-    for n, f in fns.items():
-        t = time.perf_counter(); f(); times[n].append(time.perf_counter() - t)
-for n, ts in times.items():
-    ratios = [a / b for a, b in zip(times["torch"], ts)]
-    print(f"{n:24s} {256/statistics.median(ts):7.1f} sent/s  x torch {statistics.median(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]")
+interleaved(fns, items=256)

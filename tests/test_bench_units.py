@@ -374,3 +374,27 @@ def test_a_variant_past_the_timeout_stops_the_worker(monkeypatch, tmp_path):
     result = Workers(tmp_path, threads=1, timeout=1.5).run("quality", {})
     assert result.timed_out
     assert [e["name"] for e in result.events if e["event"] == "result"] == ["v0"]
+
+
+def test_a_relative_work_dir_reaches_the_decoder_bench_workers_whole(tmp_path, monkeypatch, tiny_llama_dir):
+    """Workers start in their scratch directory, so the kept work directory must reach them absolute."""
+    import compress.bench.harness as harness
+
+    class Started(Exception):
+        pass
+
+    seen = {}
+
+    class Capture:  # stands in for the process runner: records where its job files would go, then stops the run
+        def __init__(self, scratch, *args, **kwargs):
+            seen["scratch"] = scratch
+            raise Started
+
+    monkeypatch.setattr(harness, "Workers", Capture)
+    monkeypatch.chdir(tmp_path)
+    suite = Suite.from_dict({"base": str(tiny_llama_dir), "settings": {"quality": False},
+                             "variants": [{"name": "mag", "passes": [{"magnitude_prune": {"sparsity": 0.5}}]}]})
+    with pytest.raises(Started):
+        harness.run_bench(suite, tmp_path / "report", work_dir="work")
+    assert seen["scratch"].is_absolute() and seen["scratch"].parent == tmp_path / "work"
+    assert not seen["scratch"].exists(), "the scratch directory is removed even when the run stops"

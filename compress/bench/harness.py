@@ -23,6 +23,7 @@ never stops the others:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -106,6 +107,23 @@ class WorkerResult:
         lines = [ln for ln in self.stderr_tail.strip().splitlines() if ln.strip()]
         last = lines[-1].strip() if lines else "no output"
         return f"the worker process died (exit code {self.returncode}): {last[:300]}"
+
+
+@contextlib.contextmanager
+def bench_workspace(work_dir: str | os.PathLike | None, prefix: str):
+    """(work, scratch) for one bench run: `work` holds the built variants (`work_dir`, kept, made absolute
+    because workers start in `scratch` and a relative path would miss; else a temporary folder, removed),
+    `scratch` inside it holds the workers' job and event files and is always removed."""
+    keep = work_dir is not None
+    work = Path(work_dir).expanduser().resolve() if keep else Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="jobs-", dir=work))
+    try:
+        yield work, scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 class Workers:
@@ -432,13 +450,8 @@ def run_bench(suite: Suite, output: str | Path, force: bool = False, work_dir: s
             log.warning(f"{v.name}: {e['stage']} failed: {e['error']}")
     text, text_provenance = prompt_text(suite)
 
-    keep = work_dir is not None
-    work = Path(work_dir) if keep else Path(tempfile.mkdtemp(prefix="compress-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="jobs-", dir=work))
-    workers = Workers(scratch, s.threads, s.timeout_s, verbose, isolation)
-    interleaved = None
-    try:
+    with bench_workspace(work_dir, "compress-bench-") as (work, scratch):
+        workers = Workers(scratch, s.threads, s.timeout_s, verbose, isolation)
         if isolation == "fork":
             _import_before_forking(variants)
         _build(variants, suite, workers, work)
@@ -447,10 +460,6 @@ def run_bench(suite: Suite, output: str | Path, force: bool = False, work_dir: s
         for v in variants:
             if v.path and Path(v.path).exists():
                 v.size = directory_size(v.path)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        if not keep:
-            shutil.rmtree(work, ignore_errors=True)
 
     report = {
         "format": "compress-bench/1",

@@ -233,11 +233,16 @@ def _rows(report: dict):
 
 
 def to_csv(report: dict) -> str:
+    return rows_to_csv(_rows(report), CSV_COLUMNS)
+
+
+def rows_to_csv(rows, columns: list[str]) -> str:
+    """CSV text of `rows` (dicts) in `columns`, a missing or None value as an empty cell."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    for row in _rows(report):
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS})
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     return buf.getvalue()
 
 

@@ -25,17 +25,15 @@ for decoders; see docs/encoders.md.
 from __future__ import annotations
 
 import datetime as _dt
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..bench.harness import Variant, Workers, _Process, _build
+from ..bench.harness import Variant, Workers, _Process, _build, bench_workspace
 from ..bench.spec import BASE_NAME, VariantSpec, parse_variant_arg
 from ..errors import UserError
 from ..passes.base import CalibrationData, format_validation_error
@@ -312,12 +310,8 @@ def run_encoder_bench(suite: EncoderSuite, output: str | Path, force: bool = Fal
         raise UserError("no variant can run: " + "; ".join(f"{v.name}: {v.errors[-1]['error']}" for v in variants))
     sentences = load_sentences(suite.evaluation)
     timing = sentences.texts[: s.timing_sentences]
-    keep = work_dir is not None
-    work = Path(work_dir).expanduser().resolve() if keep else Path(tempfile.mkdtemp(prefix="compress-encoder-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="jobs-", dir=work))
-    workers = EncoderWorkers(scratch, s.threads, s.timeout_s, isolation=isolation)
-    try:
+    with bench_workspace(work_dir, "compress-encoder-bench-") as (work, scratch):
+        workers = EncoderWorkers(scratch, s.threads, s.timeout_s, isolation=isolation)
         _build(variants, suite, workers, work, check=lambda v: _set_backend(v, suite))
         if s.speed:
             _speed(variants, suite, workers, timing)
@@ -326,10 +320,6 @@ def run_encoder_bench(suite: EncoderSuite, output: str | Path, force: bool = Fal
         for v in variants:
             if v.path and Path(v.path).exists():
                 v.size = directory_size(v.path)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        if not keep:
-            shutil.rmtree(work, ignore_errors=True)
     report = {
         "format": REPORT_FORMAT,
         "created": created,

@@ -9,15 +9,13 @@ quality and speed (or memory).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from pathlib import Path
 from typing import Any
 
 from ..bench.metrics import latency_percentiles, percentile, summarize
-from ..bench.report import _f, _mb, _spread, _x, pareto_front
+from ..bench.report import _f, _mb, _median, _ratio, _spread, _x, pareto_front, rows_to_csv
 
 SCHEMA_PATH = Path(__file__).with_name("bench_schema.json")
 
@@ -48,16 +46,6 @@ def summarize_speed(runs: list[dict]) -> dict[str, Any]:
 def _rate(run: dict, batch_size: int) -> float | None:
     b = next((b for b in run["batches"] if b["batch_size"] == batch_size), None)
     return b["sentences"] / sum(b["batch_s"]) if b and sum(b["batch_s"]) > 0 else None
-
-
-def _median(summary: dict | None) -> float | None:
-    return summary.get("median") if summary else None
-
-
-def _ratio(num, den):
-    if num is None or den is None or not math.isfinite(num) or not math.isfinite(den) or den == 0:
-        return None
-    return num / den
 
 
 def add_ratios(report: dict) -> None:
@@ -127,12 +115,7 @@ def _rows(report: dict):
 
 
 def to_csv(report: dict) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in _rows(report):
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS})
-    return buf.getvalue()
+    return rows_to_csv(_rows(report), CSV_COLUMNS)
 
 
 def to_markdown(report: dict, plot_file: str | None = None) -> str:

@@ -169,3 +169,25 @@ def run_killed_in_step(monkeypatch, trainer, step: int) -> None:
             trainer.run(final_eval=False)
     finally:
         monkeypatch.setattr(Trainer, "train_step", original)
+
+
+class WorkersStarted(Exception):
+    """Raised by `stop_at_workers`'s stand-in runner: the bench got as far as starting its workers."""
+
+
+@pytest.fixture
+def stop_at_workers(monkeypatch):
+    """install(module, name): replace a bench's process runner class by one that records the scratch
+    directory it is given and stops the run (WorkersStarted); returns the dict it records into."""
+    def install(module, name: str) -> dict:
+        seen = {}
+
+        class Capture:
+            def __init__(self, scratch, *args, **kwargs):
+                seen["scratch"] = scratch
+                raise WorkersStarted
+
+        monkeypatch.setattr(module, name, Capture)
+        return seen
+
+    return install

@@ -376,25 +376,17 @@ def test_a_variant_past_the_timeout_stops_the_worker(monkeypatch, tmp_path):
     assert [e["name"] for e in result.events if e["event"] == "result"] == ["v0"]
 
 
-def test_a_relative_work_dir_reaches_the_decoder_bench_workers_whole(tmp_path, monkeypatch, tiny_llama_dir):
+def test_a_relative_work_dir_reaches_the_decoder_bench_workers_whole(tmp_path, monkeypatch, tiny_llama_dir,
+                                                                    stop_at_workers):
     """Workers start in their scratch directory, so the kept work directory must reach them absolute."""
     import compress.bench.harness as harness
+    from conftest import WorkersStarted
 
-    class Started(Exception):
-        pass
-
-    seen = {}
-
-    class Capture:  # stands in for the process runner: records where its job files would go, then stops the run
-        def __init__(self, scratch, *args, **kwargs):
-            seen["scratch"] = scratch
-            raise Started
-
-    monkeypatch.setattr(harness, "Workers", Capture)
+    seen = stop_at_workers(harness, "Workers")
     monkeypatch.chdir(tmp_path)
     suite = Suite.from_dict({"base": str(tiny_llama_dir), "settings": {"quality": False},
                              "variants": [{"name": "mag", "passes": [{"magnitude_prune": {"sparsity": 0.5}}]}]})
-    with pytest.raises(Started):
+    with pytest.raises(WorkersStarted):
         harness.run_bench(suite, tmp_path / "report", work_dir="work")
     assert seen["scratch"].is_absolute() and seen["scratch"].parent == tmp_path / "work"
     assert not seen["scratch"].exists(), "the scratch directory is removed even when the run stops"

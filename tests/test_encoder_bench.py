@@ -119,26 +119,18 @@ def test_a_relative_recipe_path_reaches_the_build_worker_whole(tmp_path, monkeyp
     assert workers.job["recipe"] == str(tmp_path / "recipes" / "r.yaml")
 
 
-def test_a_relative_work_dir_reaches_the_workers_whole(tmp_path, monkeypatch, tiny_bert_dir, encoder_text):
+def test_a_relative_work_dir_reaches_the_workers_whole(tmp_path, monkeypatch, tiny_bert_dir, encoder_text,
+                                                       stop_at_workers):
     import compress.encoders.bench as bench
+    from conftest import WorkersStarted
 
-    class Started(Exception):
-        pass
-
-    seen = {}
-
-    class Capture:  # stands in for the process runner: records where its job files would go, then stops the run
-        def __init__(self, scratch, *args, **kwargs):
-            seen["scratch"] = scratch
-            raise Started
-
-    monkeypatch.setattr(bench, "EncoderWorkers", Capture)
+    seen = stop_at_workers(bench, "EncoderWorkers")
     monkeypatch.chdir(tmp_path)  # workers start in their scratch directory, so a relative path would miss
     suite = EncoderSuite.from_dict({
         "base": str(tiny_bert_dir),
         "evaluation": {"source": str(encoder_text), "split": "evaluation", "sentences": 10},
         "variants": [{"name": "mag", "passes": [{"magnitude_prune": {"sparsity": 0.5}}]}],
     })
-    with pytest.raises(Started):
+    with pytest.raises(WorkersStarted):
         run_encoder_bench(suite, tmp_path / "report", work_dir="work")
     assert seen["scratch"].is_absolute() and seen["scratch"].parent == tmp_path / "work"

@@ -9,7 +9,7 @@ from conftest import assert_same_weights, save_tiny, state_dict_copy, tiny_gpt2_
 from compress.cli import main
 from compress.errors import UserError
 from compress.passes.base import CalibrationData, PassContext, build_pass
-from compress.passes.structured import ChannelPrune, HeadPrune, LayerDrop, valid_head_ratios
+from compress.passes.structured import ChannelPrune, HeadPrune, LayerDrop, model_layout, valid_head_ratios
 from compress.saving import save_artifact
 
 
@@ -155,7 +155,7 @@ def test_activation_importance_drops_a_silent_channel_that_magnitude_keeps(deep_
     marker = mlp.down_proj.weight[:, 7].clone()
 
     def keeps_channel_7(importance):
-        down = ChannelPrune(ratio=0.5, importance=importance)(art, ctx).model.model.layers[1].mlp.down_proj.weight
+        down = ChannelPrune(ratio=0.5, importance=importance, refit=False)(art, ctx).model.model.layers[1].mlp.down_proj.weight
         return any(torch.equal(down[:, j], marker) for j in range(down.shape[1]))
 
     assert keeps_channel_7("magnitude")
@@ -199,7 +199,8 @@ def test_calibration_hooks_are_removed_afterwards(deep_dirs, ctx, p):
 def test_passes_build_from_recipe_entries():
     assert isinstance(build_pass("channel_prune", {"ratio": 0.25, "importance": "magnitude"}), ChannelPrune)
     assert build_pass("layer_drop", {"count": 2}).needs_calibration
-    assert not build_pass("channel_prune", {"importance": "magnitude"}).needs_calibration
+    assert build_pass("channel_prune", {"importance": "magnitude"}).needs_calibration  # the refit reads calibration text
+    assert not build_pass("channel_prune", {"importance": "magnitude", "refit": False}).needs_calibration
     with pytest.raises(UserError, match="mode"):
         build_pass("head_prune", {"ratio": 0.5, "mode": "sideways"})
 
@@ -245,11 +246,43 @@ def test_bias_compensation_brings_the_output_closer_to_the_base_and_reloads(deep
 
     art = load(deep_dirs[arch])
     windows = ctx.calibration_windows(art.tokenizer)
-    plain = ChannelPrune(ratio=0.5, importance="magnitude")(art, ctx)
-    compensated = ChannelPrune(ratio=0.5, importance="magnitude", bias_compensation=True)(art, ctx)
+    plain = ChannelPrune(ratio=0.5, importance="magnitude", refit=False)(art, ctx)
+    compensated = ChannelPrune(ratio=0.5, importance="magnitude", bias_compensation=True, refit=False)(art, ctx)
     kl_plain = compare(art.model, plain.model, windows)["kl_mean"]
     kl_comp = compare(art.model, compensated.model, windows)["kl_mean"]
     assert kl_comp < kl_plain
     stock = reload_and_check(compensated, tmp_path)
     if arch == "llama":
         assert stock.config.mlp_bias is True
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_the_refit_brings_the_pruned_model_closer_to_the_base_and_reloads(deep_dirs, ctx, tmp_path, arch):
+    from compress.evaluate import compare
+
+    art = load(deep_dirs[arch])
+    windows = ctx.calibration_windows(art.tokenizer)
+    plain = ChannelPrune(ratio=0.5, refit=False)(art, ctx)
+    refit = ChannelPrune(ratio=0.5)(art, ctx)  # refit is the default
+    record = refit.passes[-1]["metrics"]["refit"]
+    assert record["mlp_output_error_refit"] < record["mlp_output_error_removed"]
+    assert "refit" not in plain.passes[-1]["metrics"]
+    assert compare(art.model, refit.model, windows)["kl_mean"] < compare(art.model, plain.model, windows)["kl_mean"]
+    for b_plain, b_refit in zip(model_layout(plain.model).blocks, model_layout(refit.model).blocks):
+        assert b_plain.mlp_out.weight.shape == b_refit.mlp_out.weight.shape  # same channels removed
+        assert torch.equal(b_plain.mlp_in[0].weight, b_refit.mlp_in[0].weight)  # only the down projection changes
+    stock = reload_and_check(refit, tmp_path)
+    if arch == "llama":
+        assert not getattr(stock.config, "mlp_bias", False)  # a Llama MLP without biases stays without
+
+
+def test_the_command_line_turns_the_refit_off_for_channels_and_refuses_it_elsewhere():
+    from compress.commands.prune import build_prune_pass
+
+    common = dict(method="activation", sparsity=0.25, pattern=None, scope="row", head_mode="groups",
+                  skip_first_last=False, bias_compensation=False, include=(), exclude=(), include_lm_head=False)
+    assert build_prune_pass(structure="channels", **common).refit is True
+    assert build_prune_pass(structure="channels", refit=False, **common).refit is False
+    for structure in ("heads", None):
+        with pytest.raises(UserError, match="--refit / --no-refit apply to --structure channels"):
+            build_prune_pass(structure=structure, refit=False, **{**common, "sparsity": 0.5})

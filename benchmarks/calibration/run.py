@@ -49,13 +49,16 @@ DEFAULT_WIKITEXT = next((p for p in (HERE.parents[1].parent / "shared", HERE.par
 # (key, label, pass name, config); a config with "sequential" follows --sequential/--one-shot.
 METHODS = [
     ("wanda-50", "Wanda 50%", "wanda_prune", {"sparsity": 0.5, "sequential": None}),
-    ("mlp-25", "MLP channels -25% (activation scores)", "channel_prune", {"ratio": 0.25, "importance": "activation"}),
+    ("mlp-25", "MLP channels -25% (activation scores)", "channel_prune",
+     {"ratio": 0.25, "importance": "activation", "refit": False}),
+    ("mlp-25-refit", "MLP channels -25% (activation scores) + least-squares refit", "channel_prune",
+     {"ratio": 0.25, "importance": "activation", "refit": True, "refit_damp": 0.01}),
     ("sparsegpt-50", "SparseGPT 50%", "sparsegpt_prune", {"sparsity": 0.5, "sequential": None}),
     ("wanda-2:4", "Wanda 2:4", "wanda_prune", {"pattern": "2:4", "sequential": None}),
     ("sparsegpt-2:4", "SparseGPT 2:4", "sparsegpt_prune", {"pattern": "2:4", "sequential": None}),
 ]
 # The order of work: one-shot Wanda and MLP-channel scoring share the base's calibration statistics.
-ORDER = [("wanda-50", "mlp-25", "wanda-2:4"), ("sparsegpt-50",), ("sparsegpt-2:4",)]
+ORDER = [("wanda-50", "mlp-25", "mlp-25-refit", "wanda-2:4"), ("sparsegpt-50",), ("sparsegpt-2:4",)]
 DATA_FREE = [
     ("bnb-nf4", "bnb NF4 (data-free)", "bnb_quantize", {"method": "nf4"}),
     ("bnb-int8", "bnb int8 (data-free)", "bnb_quantize", {"method": "int8"}),

@@ -12,7 +12,7 @@ STRUCTURES = {"channels": "channel_prune", "heads": "head_prune", "layers": "lay
 
 def build_prune_pass(method: str, sparsity: float | None, pattern: str | None, scope: str, structure: str | None,
                      head_mode: str, skip_first_last: bool, bias_compensation: bool, include: tuple[str, ...], exclude: tuple[str, ...],
-                     include_lm_head: bool, sequential: bool | None = None):
+                     include_lm_head: bool, sequential: bool | None = None, refit: bool | None = None):
     """The pass the options describe, validated (one-line UserError on a bad combination)."""
     from ..passes.base import build_pass
 
@@ -20,8 +20,8 @@ def build_prune_pass(method: str, sparsity: float | None, pattern: str | None, s
         if skip_first_last:
             raise UserError("--skip-first-last applies to structured pruning (--structure); for unstructured pruning "
                             "use --exclude with the first and last blocks' module names")
-        if bias_compensation:
-            raise UserError("--bias-compensation applies to --structure channels")
+        if bias_compensation or refit is not None:
+            raise UserError("--bias-compensation and --refit / --no-refit apply to --structure channels")
         name = {"magnitude": "magnitude_prune", "sparsegpt": "sparsegpt_prune"}.get(method, "wanda_prune")
         config = {"sparsity": sparsity, "scope": scope if pattern is None else None, "pattern": pattern, "include": list(include) or None,
                   "exclude": list(exclude) or None, "include_lm_head": include_lm_head}
@@ -39,9 +39,9 @@ def build_prune_pass(method: str, sparsity: float | None, pattern: str | None, s
     importance = "magnitude" if method == "magnitude" else "activation"
     if structure == "channels":
         config = {"ratio": sparsity, "importance": importance, "skip_first_last": skip_first_last,
-                  "bias_compensation": bias_compensation}
-    elif structure in ("heads", "layers") and bias_compensation:
-        raise UserError("--bias-compensation applies to --structure channels")
+                  "bias_compensation": bias_compensation, **({} if refit is None else {"refit": refit})}
+    elif structure in ("heads", "layers") and (bias_compensation or refit is not None):
+        raise UserError("--bias-compensation and --refit / --no-refit apply to --structure channels")
     elif structure == "heads":
         if skip_first_last:
             raise UserError("--skip-first-last is not available for heads: a stock config holds one head count for "
@@ -73,6 +73,9 @@ def build_prune_pass(method: str, sparsity: float | None, pattern: str | None, s
               help="Leave the first and last blocks alone (channels: widths then differ per layer, saved zero-padded).")
 @click.option("--bias-compensation", is_flag=True,
               help="Channels: put the removed channels' mean contribution on calibration text into the down bias.")
+@click.option("--refit/--no-refit", default=None,
+              help="Channels: least-squares refit of the down projection's kept columns on calibration text "
+              "(default on; --no-refit: plain removal).")
 @click.option("--include", multiple=True, help="Glob of module names to prune (repeatable; default: every projection).")
 @click.option("--exclude", multiple=True, help="Glob of module names to leave alone (repeatable).")
 @click.option("--include-lm-head", is_flag=True, help="Also prune the output head (off by default).")

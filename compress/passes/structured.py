@@ -58,7 +58,8 @@ from ..layers import WeightMatrix, count_parameters
 from ..progress import log
 from ..saving import write_hf_checkpoint
 from .base import Pass, PassContext
-from .calibration import collect, input_norms
+from .calibration import collect, input_norms, run_calibration
+from .refit import DEFAULT_DAMP, input_statistics, refit_kept_inputs, relative_output_error
 
 Importance = Literal["magnitude", "activation"]
 
@@ -258,10 +259,19 @@ class ChannelPrune(StructuredPrune):
         False, description="add the removed channels' mean contribution on calibration text to the down projection's "
         "bias (Llama: sets mlp_bias, so gate/up get zero biases too)"
     )
+    refit: bool = Field(
+        True, description="re-solve the down projection's kept columns (and its bias, where it has one) by least "
+        "squares, so the MLP's output on calibration text stays as close as it can to the unpruned one's "
+        "(compress/passes/refit.py); off: the kept columns stay as they were"
+    )
+    refit_damp: float = Field(
+        DEFAULT_DAMP, gt=0.0, description="how strongly the refit holds the kept columns to their old values (a share "
+        "of the mean activation energy): larger stays closer to plain removal, smaller fits the calibration text harder"
+    )
 
     @property
     def needs_calibration(self) -> bool:  # type: ignore[override]
-        return self.importance == "activation" or self.bias_compensation
+        return self.importance == "activation" or self.bias_compensation or self.refit
 
     @field_validator("layer_ratios")
     @classmethod
@@ -294,13 +304,18 @@ class ChannelPrune(StructuredPrune):
                         "a smaller ratio keeps a usable model")
         return keep
 
-    def channel_scores(self, artifact: Artifact, layout: Layout, ctx: PassContext) -> list[torch.Tensor]:
+    def channel_scores(self, artifact: Artifact, layout: Layout, ctx: PassContext,
+                       refit: dict[str, tuple] | None = None) -> list[torch.Tensor]:
         out_col = [b.mlp_out.weight.float().pow(2).sum(0) for b in layout.blocks]  # per channel, down columns
         if self.importance == "magnitude":
             return [
                 (sum(m.weight.float().pow(2).sum(1) for m in b.mlp_in) + out_col[i]).sqrt()
                 for i, b in enumerate(layout.blocks)
             ]
+        if refit is not None:  # the refit's statistics hold every channel's mean square: no second pass
+            # sqrt(mean square) is the L2 norm over tokens divided by sqrt(tokens), the same for every channel
+            return [refit[b.mlp_out.name][0].diagonal().clamp_min(0).sqrt() * out_col[i].sqrt()
+                    for i, b in enumerate(layout.blocks)]
         windows = ctx.calibration_windows(artifact.tokenizer)
         norms = input_norms(artifact.model, [b.mlp_out.name for b in layout.blocks], windows, desc="channel importance")
         return [norms[b.mlp_out.name] * out_col[i].sqrt() for i, b in enumerate(layout.blocks)]
@@ -318,6 +333,12 @@ class ChannelPrune(StructuredPrune):
         stats = collect(artifact.model, windows, desc="channel means")
         return [b.mlp_out.weight.float() * stats.input_means[b.mlp_out.name].unsqueeze(0) for b in layout.blocks]
 
+    def refit_statistics(self, artifact: Artifact, layout: Layout, ctx: PassContext) -> dict[str, tuple]:
+        """Per down projection: (X^T X / tokens, mean input) on the calibration windows, before any removal."""
+        windows = ctx.calibration_windows(artifact.tokenizer)
+        targets = [b.mlp_out for b in layout.blocks]
+        return input_statistics(targets, lambda: run_calibration(artifact.model, windows, desc="channel statistics"))
+
     def apply(self, artifact: Artifact, ctx: PassContext) -> dict:
         model = artifact.model
         layout = model_layout(model)
@@ -325,23 +346,35 @@ class ChannelPrune(StructuredPrune):
         before = count_parameters(model)
         keep = self.plan(layout)
         widths = [mlp_width(b) for b in layout.blocks]
-        scores = self.channel_scores(artifact, layout, ctx)
-        contributions = self.compensate(artifact, layout, ctx) if self.bias_compensation else None
+        refit = self.refit_statistics(artifact, layout, ctx) if self.refit else None
+        scores = self.channel_scores(artifact, layout, ctx, refit)
+        contributions = self.compensate(artifact, layout, ctx) if self.bias_compensation and refit is None else None
+        errors: list[tuple[float, float]] = []  # per pruned layer: relative MLP output error, plain removal / refit
         with torch.no_grad():
             for i, (b, k, s) in enumerate(zip(layout.blocks, keep, scores)):
                 if k >= mlp_width(b):
-                    if contributions is not None:  # mlp_bias holds for every layer: give this one zero biases
+                    if self.bias_compensation:  # mlp_bias holds for every layer: give this one zero biases
                         add_bias(b, torch.zeros(b.mlp_out.out_features), layout.kind)
                     continue
                 idx = torch.topk(s, k).indices.sort().values
+                full = b.mlp_out.weight.clone()  # (out, in) before removal
                 for m in b.mlp_in:
                     keep_outputs(m.module, idx)
                 keep_inputs(b.mlp_out.module, idx)
+                if refit is not None:
+                    gram, mean = refit[b.mlp_out.name]
+                    with_bias = self.bias_compensation or getattr(b.mlp_out.module, "bias", None) is not None
+                    weight, delta = refit_kept_inputs(full, gram, mean if with_bias else None, idx, self.refit_damp)
+                    errors.append((relative_output_error(full, gram, mean, idx, full[:, idx]),
+                                   relative_output_error(full, gram, mean, idx, weight, delta)))
+                    b.mlp_out.weight.copy_(weight)
+                    if delta is not None:
+                        add_bias(b, delta, layout.kind)
                 if contributions is not None:
                     dropped = torch.ones(contributions[i].shape[1], dtype=torch.bool)
                     dropped[idx] = False
                     add_bias(b, contributions[i][:, dropped].sum(1), layout.kind)
-        if contributions is not None and layout.kind == "llama":
+        if self.bias_compensation and layout.kind == "llama":
             model.config.mlp_bias = True
         uniform = len(set(keep)) == 1
         set_mlp_width_config(model.config, layout.kind, max(keep))
@@ -356,6 +389,11 @@ class ChannelPrune(StructuredPrune):
             "mlp_width_before": widths[0] if len(set(widths)) == 1 else widths,
             "mlp_width_after": keep[0] if uniform else keep,
             "uniform": uniform,
+            **({"refit": {
+                "mlp_output_error_removed": round(sum(e[0] for e in errors) / len(errors), 6),
+                "mlp_output_error_refit": round(sum(e[1] for e in errors) / len(errors), 6),
+                "note": "mean over pruned layers of E||change of the MLP output||^2 / E||MLP output||^2 on calibration text",
+            }} if errors else {}),
             "parameters_before": before["parameters"],
             **count_parameters(model),
         }

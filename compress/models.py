@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .startup import started
 from .artifact import Artifact
 from .errors import UserError
 from .genai_model import is_genai_directory
@@ -324,6 +325,7 @@ def load_artifact(
     Refused with one line: an architecture the passes do not support (compress.support),
     and a checkpoint that lacks weights, which transformers would initialise at random.
     """
+    started()  # the imports are done: a Ctrl-C held back during them stops here
     source = resolve_source(ref)
     from transformers import AutoTokenizer
 

@@ -9,6 +9,8 @@ import warnings
 
 from tqdm.auto import tqdm
 
+from .startup import started
+
 log = logging.getLogger("compress")
 
 _show_progress = True
@@ -54,6 +56,7 @@ def configure(quiet: bool = False, verbose: bool = False) -> None:
 
 def progress(iterable=None, **kwargs):
     """tqdm on stderr, hidden when quiet."""
+    started()
     kwargs.setdefault("disable", not _show_progress)
     kwargs.setdefault("leave", False)
     kwargs.setdefault("file", sys.stderr)

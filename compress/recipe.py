@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .startup import started
 from .artifact import Artifact
 from .data import TextSpec, WindowSpec, check_disjoint, load_windows
 from .encoders.architecture import is_encoder, is_encoder_config
@@ -149,6 +150,7 @@ def run_recipe(
     The output path, the model's architecture and every window length are checked
     before any work so a doomed run fails at once.
     """
+    started()  # the imports are done: a Ctrl-C held back during them stops here
     from .saving import check_output
     from .models import load_config, resolve_source
     from .support import check_sequence_lengths

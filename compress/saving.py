@@ -33,6 +33,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from .startup import started
 from .artifact import Artifact
 from .errors import DiskFullError, UserError
 from .progress import log
@@ -322,6 +323,7 @@ def atomic_directory(out: str | os.PathLike, force: bool = False, expected_bytes
     either the old output or the new one at `out`. A full disk is a `DiskFullError`
     (`expected_bytes`, when known, is how much the output needs).
     """
+    started()  # the imports are done: a Ctrl-C held back during them stops here
     out = Path(out).expanduser().resolve()
     if out.exists() and not force:
         raise UserError(f"output directory {out} already exists; pass --force to replace it")
@@ -524,6 +526,7 @@ def atomic_file(out: str | os.PathLike, expected_bytes: int | None = None) -> It
     exception (KeyboardInterrupt included) it is removed and `out` is untouched. A full disk
     is a `DiskFullError`.
     """
+    started()  # the imports are done: a Ctrl-C held back during them stops here
     out = Path(out).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"

@@ -7,34 +7,20 @@ non-zero (2; 3 for a failed quality guard; 4 for a full disk); --verbose adds tr
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import importlib
 import sys
 import traceback
 
-
 from . import startup
 
 startup.defer_ctrl_c()  # Ctrl-C during the imports below (seconds) stops at the first checkpoint
 
+import click  # noqa: E402
 
-@contextlib.contextmanager
-def _interrupt_exits():
-    """Ctrl-C that still lands in the imports (before defer_ctrl_c, or a second one): one line and exit 130."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        sys.stderr.write(startup.MESSAGE)
-        sys.exit(130)
-
-
-with _interrupt_exits():
-    import click
-
-    from .cli_options import data_options, data_specs, output_options, trust_remote_code_option
-    from .errors import DiskFullError, UserError
-    from .progress import configure
+from .cli_options import data_options, data_specs, output_options, trust_remote_code_option  # noqa: E402
+from .errors import DiskFullError, UserError  # noqa: E402
+from .progress import configure  # noqa: E402
 
 # Modules under compress.commands that each define `command` (a click command or group).
 COMMAND_MODULES: list[str] = [
@@ -108,8 +94,7 @@ def _register_commands() -> None:
         cli.add_command(module.command)
 
 
-with _interrupt_exits():
-    _register_commands()
+_register_commands()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,12 +25,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .startup import started
 from .artifact import Artifact
 from .errors import UserError
 from .genai_model import is_genai_directory
 from .progress import log
 from .saving import atomic_directory, read_manifest
+from .startup import started
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 

@@ -24,7 +24,6 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .startup import started
 from .artifact import Artifact
 from .data import TextSpec, WindowSpec, check_disjoint, load_windows
 from .encoders.architecture import is_encoder, is_encoder_config
@@ -34,6 +33,7 @@ from .models import DEFAULT_MODEL, load_artifact
 from .passes.base import CalibrationData, Pass, PassContext, build_pass, format_validation_error
 from .progress import log
 from .saving import save_artifact
+from .startup import started
 
 
 def read_yaml_mapping(path: str | Path, what: str, missing_hint: str, expected: str) -> dict[str, Any]:

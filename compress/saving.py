@@ -33,10 +33,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .startup import started
 from .artifact import Artifact
 from .errors import DiskFullError, UserError
 from .progress import log
+from .startup import started
 
 MANIFEST_NAME = "compress.json"
 FILE_MANIFEST_SUFFIX = ".compress.json"  # beside a one-file output: out.gguf -> out.gguf.compress.json

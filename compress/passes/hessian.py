@@ -37,10 +37,13 @@ from ..layers import WeightMatrix
 from .calibration import hooked
 
 
-def collect_hessians(targets: list[WeightMatrix], run: Callable[[], None]) -> dict[str, torch.Tensor]:
+def collect_hessians(targets: list[WeightMatrix], run: Callable[[], None],
+                     means: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """X^T X / tokens for each target's input over what `run()` feeds it; projections fed the same tensor
-    (q/k/v, gate/up) share one (the same tensor object)."""
+    (q/k/v, gate/up) share one (the same tensor object). Given a `means` dict, it also receives each
+    target's mean input over the same tokens (for a bias in a least-squares refit)."""
     hessians: dict[str, torch.Tensor] = {}
+    sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     alias: dict[str, str] = {}
     last: dict = {"input": None, "name": None}
@@ -55,6 +58,8 @@ def collect_hessians(targets: list[WeightMatrix], run: Callable[[], None]) -> di
             x = x.detach().reshape(-1, x.shape[-1]).float()
             h = x.t() @ x
             hessians[name] = hessians[name] + h if name in hessians else h
+            if means is not None:
+                sums[name] = sums[name] + x.sum(0) if name in sums else x.sum(0)
             counts[name] = counts.get(name, 0) + x.shape[0]
 
         return hook
@@ -71,6 +76,8 @@ def collect_hessians(targets: list[WeightMatrix], run: Callable[[], None]) -> di
         if source is None:
             raise RuntimeError(f"calibration never reached {t.name}")
         result[t.name] = normalised[source]
+        if means is not None:
+            means[t.name] = sums[source] / counts[source]
     return result
 
 

@@ -19,45 +19,15 @@ G_KK. The fit is one-shot: G comes from the unpruned model, as the channel
 scores do.
 
 Measured on all-MiniLM-L6-v2, 25 % of MLP channels removed, mean cosine of
-sentence embeddings to the base's on 1,000 WikiText-2 sentences: 0.876 without
-refit, 0.936 with it (128 calibration windows; benchmarks/encoders/README.md).
+sentence embeddings to the base's on WikiText-2 sentences: about 0.875 without
+refit, 0.936 with it (benchmarks/encoders/README.md, third run).
 """
 
 from __future__ import annotations
 
-from functools import partial
-from typing import Callable
-
 import torch
 
-from ..layers import WeightMatrix
-from .calibration import hooked
-
 DEFAULT_DAMP = 1e-2
-
-
-def input_statistics(targets: list[WeightMatrix], run: Callable[[], None]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per target: (X^T X / tokens, mean of X) of its input over what `run()` feeds it.
-
-    The diagonal of the first is each input feature's mean square, so activation scores come from
-    the same pass.
-    """
-    sums: dict[str, list] = {}
-
-    def hook_for(name):
-        def hook(module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-            gram, total, count = sums.get(name, (0, 0, 0))
-            sums[name] = [gram + x.t() @ x, total + x.sum(0), count + x.shape[0]]
-
-        return hook
-
-    with hooked(*(partial(t.module.register_forward_pre_hook, hook_for(t.name)) for t in targets)):
-        run()
-    missing = [t.name for t in targets if t.name not in sums]
-    if missing:
-        raise RuntimeError(f"calibration never reached {missing[:3]}")
-    return {name: (gram / count, total / count) for name, (gram, total, count) in sums.items()}
 
 
 def refit_kept_inputs(

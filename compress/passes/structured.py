@@ -59,7 +59,8 @@ from ..progress import log
 from ..saving import write_hf_checkpoint
 from .base import Pass, PassContext
 from .calibration import collect, input_norms, run_calibration
-from .refit import DEFAULT_DAMP, input_statistics, refit_kept_inputs, relative_output_error
+from .hessian import collect_hessians
+from .refit import DEFAULT_DAMP, refit_kept_inputs, relative_output_error
 
 Importance = Literal["magnitude", "activation"]
 
@@ -337,7 +338,10 @@ class ChannelPrune(StructuredPrune):
         """Per down projection: (X^T X / tokens, mean input) on the calibration windows, before any removal."""
         windows = ctx.calibration_windows(artifact.tokenizer)
         targets = [b.mlp_out for b in layout.blocks]
-        return input_statistics(targets, lambda: run_calibration(artifact.model, windows, desc="channel statistics"))
+        means: dict[str, torch.Tensor] = {}
+        grams = collect_hessians(targets, lambda: run_calibration(artifact.model, windows, desc="channel statistics"),
+                                 means)
+        return {t.name: (grams[t.name], means[t.name]) for t in targets}
 
     def apply(self, artifact: Artifact, ctx: PassContext) -> dict:
         model = artifact.model

@@ -6,7 +6,7 @@ A new pass family adds one import line here.
 from . import pruning  # noqa: F401
 from . import structured  # noqa: F401
 from . import sparsegpt  # noqa: F401
-from . import gptq  # noqa: F401
+from . import gptq, tune_scales  # noqa: F401
 from . import distillation  # noqa: F401
 from . import bnb, onnx_export, ort_quant, ort_genai_export  # noqa: F401
 from . import gguf_export  # noqa: F401

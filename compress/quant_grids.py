@@ -255,6 +255,18 @@ def grid_of_entry(entry: tuple[str, Any]) -> Grid:
     return Grid.named(kind)
 
 
+def unpack_entry(entry: tuple[str, Any]) -> tuple[Grid, np.ndarray, np.ndarray, np.ndarray]:
+    """(grid, codes, scales, offsets) of a quantized_blocks entry, as `Grid.encode` / `Grid.decode` use them
+    (MatMulNBits zero points as float32 offsets)."""
+    grid = grid_of_entry(entry)
+    kind, payload = entry
+    if kind == MATMULNBITS_TAG:
+        codes, scales, zeros = unpack_matmulnbits(payload)
+        return grid, codes, scales, zeros.astype(np.float32)
+    codes, scales, offsets = unpack_gguf(kind, np.asarray(payload))
+    return grid, codes, scales, offsets
+
+
 def dequantize_entry(entry: tuple[str, Any]) -> np.ndarray:
     """The float32 (N, K) matrix a runtime decodes from a `quantized_blocks` entry (GGUF: gguf's own decoder)."""
     kind, payload = entry

@@ -8,8 +8,7 @@ import torch
 
 from compress.errors import UserError
 from compress.passes.base import CalibrationData, PassContext, build_pass
-from compress.passes.tune_scales import unpack_entry
-from compress.quant_grids import dequantize_entry
+from compress.quant_grids import dequantize_entry, unpack_entry
 
 pytestmark = pytest.mark.usefixtures("one_thread_fresh_calibration")
 

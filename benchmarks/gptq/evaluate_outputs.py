@@ -42,6 +42,9 @@ def parse_args(argv=None):
     ap.add_argument("--eval-seq-len", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=None, help="torch and llama.cpp threads")
     ap.add_argument("--domains", default="wikitext2,builtin", help="which evaluation texts, in this order")
+    ap.add_argument("--extra-text", action="append", default=[], metavar="NAME=FILE",
+                    help="one more evaluation text, a local file read whole (split 'all'), measured after --domains; "
+                         "benchmarks/calibration/third_domain.sh writes one that neither calibration corpus resembles")
     ap.add_argument("--out", required=True, help="the JSON record")
     args = ap.parse_args(argv)
     args.files, args.dirs = {}, {}
@@ -52,6 +55,12 @@ def parse_args(argv=None):
             if not sep or not exists(Path(path)):
                 ap.error(f"{option} wants NAME=PATH of an existing output, got {item!r}")
             out[name] = Path(path)
+    args.extra = {}
+    for item in args.extra_text:
+        name, sep, path = item.partition("=")
+        if not sep or not Path(path).is_file():
+            ap.error(f"--extra-text wants NAME=FILE of an existing text file, got {item!r}")
+        args.extra[name] = path
     if not (args.files or args.dirs or args.rtn):
         ap.error("nothing to evaluate: give --gguf, --torch or --rtn")
     return args
@@ -74,6 +83,8 @@ def main(argv=None) -> None:
                                          seq_len=args.eval_seq_len),
              "builtin": EvaluationData(source="builtin", split="evaluation", windows=args.eval_windows,
                                        seq_len=args.eval_seq_len)}
+    specs.update({name: EvaluationData(source=path, split="all", windows=args.eval_windows, seq_len=args.eval_seq_len)
+                  for name, path in args.extra.items()})
     torch_models = {name: load_artifact(str(path)).model for name, path in args.dirs.items()}
     rows = {f"torch:{name}": {"runtime": "PyTorch float32 (grid values)", "output": str(path)}
             for name, path in args.dirs.items()}
@@ -86,7 +97,7 @@ def main(argv=None) -> None:
     rows.update({f"llama.cpp:{name}": {"runtime": "llama.cpp", "output": str(path), "size_bytes": path.stat().st_size}
                  for name, path in args.files.items()})
     provenance = {}
-    for domain in args.domains.split(","):
+    for domain in [d for d in args.domains.split(",") if d] + list(args.extra):
         spec = specs[domain]
         windows = spec.load(base.tokenizer)
         provenance[domain] = windows.provenance

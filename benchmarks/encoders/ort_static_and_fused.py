@@ -6,7 +6,9 @@
 
 Writes OUT/static-{qoperator,qdq}-minmax and OUT/static-qoperator-percentile (quantize_static: per-channel s8
 weights, u8 activations calibrated on 256 sentences of `mixed`'s calibration half), OUT/fused-fp32 (ONNX Runtime's
-BERT fusions) and OUT/fused-int8 (those, then quantize_dynamic of MatMul and Attention, signed weights), and prints
+BERT fusions) and OUT/fused-int8 (those, then quantize_dynamic of MatMul and Attention, signed weights),
+OUT/mha-{fp32,int8} and OUT/noattn-{fp32,int8} (the fusions with every projection left a MatMul, then dynamic int8
+of those: attention fused as MultiHeadAttention, or not fused; the fifth run), and prints
 each graph's embedding cosine to the fp32 graph's on 512 WikiText-2 evaluation sentences.
 """
 import shutil
@@ -18,6 +20,7 @@ import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                       quantize_dynamic, quantize_static)
+from onnxruntime.transformers.fusion_options import FusionOptions
 from onnxruntime.transformers.optimizer import optimize_model
 from transformers import AutoTokenizer
 
@@ -60,6 +63,19 @@ fused.save_model_to_file(str(directory("fused-fp32") / "model.onnx"))
 quantize_dynamic(str(out / "fused-fp32" / "model.onnx"), str(directory("fused-int8") / "model.onnx"),
                  op_types_to_quantize=["MatMul", "Attention"], per_channel=True, weight_type=QuantType.QInt8,
                  extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+# Fifth run: the fusions with the projections left as MatMuls, so every one of them is dynamic int8 and
+# only the attention core is fused: MultiHeadAttention (Q, K and V projected apart, one kernel for
+# softmax(QK')V), or no attention fusion at all (SkipLayerNorm and BiasGelu only).
+for name, mha in (("mha", True), ("noattn", False)):
+    options = FusionOptions("bert")
+    options.use_multi_head_attention, options.enable_attention = mha, mha
+    graph = optimize_model(str(src / "model.onnx"), model_type="bert", num_heads=12, hidden_size=384, opt_level=0,
+                           optimization_options=options)
+    print(name, graph.get_fused_operator_statistics())
+    graph.save_model_to_file(str(directory(f"{name}-fp32") / "model.onnx"))
+    quantize_dynamic(str(out / f"{name}-fp32" / "model.onnx"), str(directory(f"{name}-int8") / "model.onnx"),
+                     op_types_to_quantize=["MatMul"], nodes_to_quantize=[n for n, _ in weight_matmuls(out / f"{name}-fp32" / "model.onnx")],
+                     per_channel=True, weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 lines = load_sentences(SentenceSpec(source=str(WIKI), split="evaluation", sentences=512)).texts
 

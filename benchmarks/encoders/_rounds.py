@@ -1,6 +1,20 @@
-"""Interleaved timing rounds for the encoder speed scripts: every function once per round, ratios to the first."""
+"""Shared by the encoder speed scripts: the bench's timing batches, and interleaved timing rounds (every function
+once per round, ratios to the first)."""
 import statistics
 import time
+from pathlib import Path
+
+WIKI = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "wikitext-2" / "wiki.valid.tokens"
+
+
+def timing_batches(tok, tensors: str, sentences: int = 256, batch: int = 32) -> list:
+    """The bench's timing sentences (WikiText-2 valid, evaluation half), sorted by length, in padded batches."""
+    from compress.encoders.sentences import SentenceSpec, load_sentences
+
+    lines = load_sentences(SentenceSpec(source=str(WIKI), split="evaluation", sentences=sentences)).texts
+    lines.sort(key=lambda s: len(tok(s)["input_ids"]))
+    return [tok(lines[i:i + batch], padding=True, truncation=True, max_length=256, return_tensors=tensors)
+            for i in range(0, sentences, batch)]
 
 
 def interleaved(fns: dict, items: int, rounds: int = 5) -> None:

@@ -3,19 +3,16 @@ sentence-transformers' ONNX backend run it), thread spinning on and off, against
 
     python benchmarks/encoders/ort_pipeline_speed.py ONNX_DIR
 """
-from _rounds import interleaved
+from _rounds import interleaved, timing_batches
 import sys, time, statistics, torch, numpy as np, onnxruntime as ort
 from pathlib import Path
 from optimum.onnxruntime import ORTModelForFeatureExtraction
 from transformers import AutoTokenizer, AutoModel
-from compress.encoders.sentences import SentenceSpec, load_sentences
 torch.set_num_threads(2)
 from compress.models import resolve_source
 base = str(resolve_source("minilm").path)
 tok = AutoTokenizer.from_pretrained(base)
-lines = load_sentences(SentenceSpec(source=str(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "wikitext-2" / "wiki.valid.tokens"), split="evaluation", sentences=256)).texts
-lines.sort(key=lambda s: len(tok(s)["input_ids"]))
-batches = [tok(lines[i:i+32], padding=True, truncation=True, max_length=256, return_tensors="pt") for i in range(0, 256, 32)]
+batches = timing_batches(tok, "pt")
 def pool(h, m):
     m = m[..., None].float(); e = (h * m).sum(1) / m.sum(1); return torch.nn.functional.normalize(e, dim=1)
 model = AutoModel.from_pretrained(base).eval()

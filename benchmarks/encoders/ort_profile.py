@@ -16,14 +16,10 @@ import numpy as np
 import onnxruntime as ort
 from transformers import AutoTokenizer
 
-from compress.encoders.sentences import SentenceSpec, load_sentences
+from _rounds import timing_batches
 
-WIKI = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "wikitext-2" / "wiki.valid.tokens"
 tok = AutoTokenizer.from_pretrained(str(Path(sys.argv[1]).parent))
-lines = load_sentences(SentenceSpec(source=str(WIKI), split="evaluation", sentences=256)).texts
-lines.sort(key=lambda s: len(tok(s)["input_ids"]))
-batches = [tok(lines[i:i + 32], padding=True, truncation=True, max_length=256, return_tensors="np")
-           for i in range(0, 256, 32)]
+batches = timing_batches(tok, "np")
 for path in sys.argv[1:]:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2

@@ -5,7 +5,7 @@
 The bench's 256 timing sentences (WikiText-2 valid, evaluation half), sorted by length, batches of 32;
 prints each graph's cosine to PyTorch and its speed ratio, median [range] of 5 rounds.
 """
-from _rounds import interleaved
+from _rounds import interleaved, timing_batches
 import sys, time, statistics, json
 from pathlib import Path
 import numpy as np, torch, onnxruntime as ort
@@ -15,10 +15,7 @@ torch.set_num_threads(2)
 base_dir = sys.argv[1]
 graphs = dict(a.split("=", 1) for a in sys.argv[2:])
 tok = AutoTokenizer.from_pretrained(base_dir)
-from compress.encoders.sentences import SentenceSpec, load_sentences
-lines = load_sentences(SentenceSpec(source=str(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "wikitext-2" / "wiki.valid.tokens"), split="evaluation", sentences=256)).texts
-lines.sort(key=lambda s: len(tok(s)["input_ids"]))
-batches = [tok(lines[i:i+32], padding=True, truncation=True, max_length=256, return_tensors="np") for i in range(0, 256, 32)]
+batches = timing_batches(tok, "np")
 print("tokens per batch", [b["input_ids"].shape for b in batches])
 model = AutoModel.from_pretrained(base_dir).eval()
 def run_torch():

@@ -60,6 +60,8 @@ def parse_args(argv=None):
         name, sep, path = item.partition("=")
         if not sep or not Path(path).is_file():
             ap.error(f"--extra-text wants NAME=FILE of an existing text file, got {item!r}")
+        if name in ("wikitext2", "builtin") or name in args.extra:
+            ap.error(f"--extra-text name {name!r} is already an evaluation text; give it another name")
         args.extra[name] = path
     if not (args.files or args.dirs or args.rtn):
         ap.error("nothing to evaluate: give --gguf, --torch or --rtn")

@@ -1,7 +1,8 @@
 """A types assignment put on a PyTorch model, so that it computes what llama.cpp will.
 
 Inside `simulated(matrices, assignment)` every assigned matrix holds its
-weights decoded from the type's grid (compress.autoquant.grid.roundtrip) and
+weights decoded from the type's grid (`Matrix.on_grid`: blocks a calibrated
+quantizer gave for that type, else compress.autoquant.grid.roundtrip) and
 every product with it rounds its input as ggml does for that type
 (grid.round_input); on leaving, the float weights are back and the hooks gone,
 whatever happened inside. The model is changed in place: the caller owns it
@@ -13,7 +14,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
-from .grid import INPUT_ROUNDING, round_input, roundtrip
+from .grid import INPUT_ROUNDING, round_input
 from .tensors import Matrix
 
 
@@ -34,7 +35,7 @@ def simulated(matrices: list[Matrix], assignment: dict[str, str]) -> Iterator[No
             type_name = assignment.get(m.name)
             if type_name is None or type_name == "f32":
                 continue
-            decoded = m.as_param(roundtrip(m.rows(), type_name))
+            decoded = m.as_param(m.on_grid(type_name))
             originals.append((m, m.param.data))
             m.param.data = decoded
             for module in m.products:

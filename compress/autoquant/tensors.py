@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..layers import is_projection
-from .grid import fits
+from .grid import fits, roundtrip
 
 
 @dataclass(eq=False)
@@ -32,6 +32,9 @@ class Matrix:
     types: tuple[str, ...]  # candidate types the writer can write for these rows, most precise first
     products: list[nn.Module] = field(default_factory=list)  # modules that multiply their input by it
     lookup: bool = False  # also read as an embedding table (one row per token)
+    # Blocks a calibrated quantizer chose for this matrix, by type: {type: (quantized_blocks entry, decoded rows)}.
+    # Such a type stands for those blocks instead of round-to-nearest (compress.autoquant.given_blocks).
+    given: dict[str, tuple] = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -46,6 +49,12 @@ class Matrix:
         """The current weights as float32 rows (one per output feature)."""
         w = self.param.data.detach().to("cpu", torch.float32)
         return np.ascontiguousarray((w.t() if self.transposed else w).numpy())
+
+    def on_grid(self, type_name: str) -> np.ndarray:
+        """The rows the file will hold at `type_name`: the given blocks decoded, else round-to-nearest on its grid."""
+        if type_name in self.given:
+            return self.given[type_name][1]
+        return roundtrip(self.rows(), type_name)
 
     def as_param(self, rows: np.ndarray) -> torch.Tensor:
         """Rows back in the parameter's own orientation, dtype and device."""

@@ -14,11 +14,14 @@ OPTIONS = [
                  help="--target-kl: calibration windows the per-matrix sensitivities are measured on."),
     click.option("--check-windows", type=int, default=4, show_default=True,
                  help="--target-kl: the calibration windows after those, on which the result's KL is measured."),
+    click.option("--blocks-from", default=None, metavar="DIR",
+                 help="--target-kl: a saved GPTQ output of MODEL (compress quantize MODEL --method gptq); a matrix "
+                      "given its blocks' type takes those blocks instead of round-to-nearest."),
 ]
 
 
 def run_autoquant(model: str, target_kl: float, types: str, search_windows: int, check_windows: int,
-                  max_kl: float, min_top1: float, fail_on_damage: bool, output: str, force: bool,
+                  blocks_from: str | None, max_kl: float, min_top1: float, fail_on_damage: bool, output: str, force: bool,
                   trust_remote_code: bool, data: dict) -> None:
     from ..cli_options import data_specs
     from ..data import check_disjoint
@@ -34,7 +37,7 @@ def run_autoquant(model: str, target_kl: float, types: str, search_windows: int,
     from .quantize import echo_quality, run_guard
 
     quant = build_pass("auto_quantize", {"target_kl": target_kl, "types": types, "search_windows": search_windows,
-                                         "check_windows": check_windows})
+                                         "check_windows": check_windows, "blocks_from": blocks_from})
     calibration, evaluation = data_specs(data)
     if evaluation is not None:
         check_disjoint(calibration, evaluation)
@@ -63,8 +66,9 @@ def run_autoquant(model: str, target_kl: float, types: str, search_windows: int,
     path = save_artifact(result, output, force=force)
     m = result.passes[-1]["metrics"]
     counts = ", ".join(f"{n} {t}" for t, n in m["type_counts"].items())
+    given = f" ({m['export']['given_blocks_written']} taking the blocks of {blocks_from})" if m["given_blocks"] else ""
     where = "llama.cpp" if m["measured_kl_llamacpp"] is not None else "PyTorch, llama.cpp's roundings"
-    click.echo(f"chose {counts} matrices: predicted KL {m['predicted_kl']:.4f}, measured {m['measured_kl']:.4f} "
+    click.echo(f"chose {counts} matrices{given}: predicted KL {m['predicted_kl']:.4f}, measured {m['measured_kl']:.4f} "
                f"({where}, {m['windows']['check']['windows']} held-out calibration windows; budget {target_kl}); "
                f"{m['gguf_bytes'] / 1e6:.1f} MB, predicted {m['predicted_speedup_vs_q8_0']:.2f}x the decode speed "
                "of all-q8_0 (bytes model)")

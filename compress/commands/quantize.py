@@ -28,7 +28,8 @@ METHOD_ONLY = (("keep", "--keep"), ("keep_first", "--keep-first"), ("keep_last",
                ("compute_dtype", "--compute-dtype"), ("block_size", "--block-size"), ("reduce_range", "--reduce-range"),
                ("int4_algorithm", "--int4-algorithm")) + GPTQ_ONLY
 # Options of --target-kl only, refused with --method when given.
-AUTOQUANT_ONLY = (("types", "--types"), ("search_windows", "--search-windows"), ("check_windows", "--check-windows"))
+AUTOQUANT_ONLY = (("types", "--types"), ("search_windows", "--search-windows"), ("check_windows", "--check-windows"),
+                  ("blocks_from", "--blocks-from"))
 
 
 def refuse_given(options: tuple[tuple[str, str], ...], applies_to: str, not_to: str) -> None:
@@ -252,7 +253,7 @@ def _json_config(directory: Path) -> dict:
 def command(model: str, method: str | None, keep, keep_first, keep_last, device, double_quant, compute_dtype, block_size,
             reduce_range, int4_algorithm, grid, asymmetric, act_order, clip_search, damp, sequential, keep_sparsity,
             head, tune_steps, max_kl, min_top1, min_cosine, min_top10, fail_on_damage, output, force, trust_remote_code, target_kl,
-            types, search_windows, check_windows, **data) -> None:
+            types, search_windows, check_windows, blocks_from, **data) -> None:
     """Quantize MODEL and check the result against it on evaluation text.
 
     After quantizing, the quality guard compares the result with MODEL on the
@@ -304,8 +305,8 @@ def command(model: str, method: str | None, keep, keep_first, keep_last, device,
         refuse_given(METHOD_ONLY, "--method", "--target-kl")
         from .autoquant import run_autoquant
 
-        return run_autoquant(model, target_kl, types, search_windows, check_windows, max_kl, min_top1,
-                             fail_on_damage, output, force, trust_remote_code, data)
+        return run_autoquant(model, target_kl, types, search_windows, check_windows, blocks_from, max_kl,
+                             min_top1, fail_on_damage, output, force, trust_remote_code, data)
     if target_kl is not None:
         raise UserError(f"--target-kl chooses the GGUF types itself; give it without --method {method}")
     refuse_given(AUTOQUANT_ONLY, "--target-kl", f"--method {method}")

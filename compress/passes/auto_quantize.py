@@ -14,6 +14,11 @@
    llama-cpp-python is installed, the file's KL is measured again in llama.cpp
    on the check windows, and the back-off continues on that measurement.
 
+With `blocks_from` (a GPTQ output of the same model, saved), a matrix that
+output holds as blocks of type T takes those blocks whenever it is given T,
+instead of round-to-nearest, in every measurement and in the file
+(compress.autoquant.given_blocks).
+
 The manifest records the assignment, its predicted and measured KL, the cost
 model's bytes per token and the file's size, the back-off rounds, every
 matrix's sensitivity, and the curve of budget against predicted bytes/speed
@@ -22,6 +27,7 @@ matrix's sensitivity, and the curve of budget against predicted bytes/speed
 Config (YAML)::
 
     - auto_quantize: {target_kl: 0.02, types: [q4_0, q5_0, q8_0, f16]}
+    - auto_quantize: {target_kl: 0.02, types: [q4_0, q8_0, f16], blocks_from: out/gptq-q4_0}
 """
 
 from __future__ import annotations
@@ -73,6 +79,8 @@ class AutoQuantize(Pass):
                                       "and back off further if it exceeds the budget")
     max_rounds: int = Field(30, ge=1, description="back-off rounds before giving up")
     check: bool = Field(True, description="gguf_export's check in llama.cpp (tokenizer; top-1 agreement)")
+    blocks_from: str | None = Field(None, description="a saved GPTQ output of this model: its blocks stand for "
+                                    "their type (e.g. q4_0) instead of round-to-nearest")
 
     @field_validator("types", mode="before")
     @classmethod
@@ -102,8 +110,15 @@ class AutoQuantize(Pass):
                             "blocks (from GPTQ); give it the float model")
         model = artifact.model
         matrices = model_matrices(model, artifact.passes, tuple(self.types))
+        given = None
+        if self.blocks_from:
+            from ..autoquant.given_blocks import attach_given_blocks
+
+            given = attach_given_blocks(model, matrices, self.blocks_from, tuple(self.types))
+            log.info(f"candidate blocks: {given['matrices']} matrices' {', '.join(given['types'])} from "
+                     f"{self.blocks_from}")
         search, check = self._windows(artifact, ctx)
-        sensitivity = self._sensitivity(model, matrices, search)
+        sensitivity = self._sensitivity(model, matrices, search, given)
         options = self._options(matrices, sensitivity["kl"])
         reference = Reference(model, check, desc="check windows: base logits")
 
@@ -117,6 +132,7 @@ class AutoQuantize(Pass):
         curve = self._curve(model, matrices, options, measure)
         metrics = self._export(artifact, matrices, options, assignment, rounds, reference, measure)
         metrics.update(self._summary(model, matrices, options, sensitivity, search, check, curve))
+        metrics["given_blocks"] = given
         return metrics
 
     def _windows(self, artifact, ctx: PassContext) -> tuple[Windows, Windows]:
@@ -129,12 +145,13 @@ class AutoQuantize(Pass):
         return (window_subset(windows, 0, self.search_windows, "search"),
                 window_subset(windows, self.search_windows, needed, "check"))
 
-    def _sensitivity(self, model, matrices, search: Windows) -> dict:
-        """measure_sensitivity, cached per (weights, windows, types): several budgets on one model measure once."""
+    def _sensitivity(self, model, matrices, search: Windows, given: dict | None) -> dict:
+        """measure_sensitivity, cached per (weights, windows, types, given blocks): several budgets on one model
+        measure once."""
         from ..autoquant.sensitivity import measure_sensitivity
         from .calibration import _fingerprint
 
-        key = (_fingerprint(model, search), tuple(self.types))
+        key = (_fingerprint(model, search), tuple(self.types), given["sha256"] if given else None)
         if key not in _SENSITIVITY_CACHE:
             _SENSITIVITY_CACHE[key] = measure_sensitivity(model, matrices, search, tuple(self.types))
             while len(_SENSITIVITY_CACHE) > _SENSITIVITY_CACHE_SIZE:
@@ -211,7 +228,8 @@ class AutoQuantize(Pass):
 
     # ------------------------------------------------------------------ writing the file
 
-    def _write(self, artifact, assignment: dict[str, str]) -> dict[str, Any]:
+    def _write(self, artifact, matrices, assignment: dict[str, str]) -> dict[str, Any]:
+        from ..autoquant.given_blocks import holding_given_blocks
         from .gguf_export import GgufExport
 
         counts: dict[str, int] = {}
@@ -220,7 +238,10 @@ class AutoQuantize(Pass):
         default = max(counts, key=lambda t: counts[t])
         overrides = {name: t for name, t in assignment.items() if t != default}
         exporter = GgufExport(type=default, overrides=overrides, check=self.check)
-        return exporter.export(artifact, {"name": self.name, "config": self.config()})
+        with holding_given_blocks(artifact, matrices, assignment) as given:
+            written = exporter.export(artifact, {"name": self.name, "config": self.config()})
+        written["given_blocks_written"] = given
+        return written
 
     def _export(self, artifact, matrices, options, assignment, rounds, reference, measure) -> dict[str, Any]:
         """Write the GGUF; measure it in llama.cpp and keep backing off while that exceeds the budget."""
@@ -232,7 +253,7 @@ class AutoQuantize(Pass):
         def write(candidate: dict[str, str]) -> None:
             if written["assignment"] != candidate:  # each file is written from the float model
                 artifact.model, artifact.writer = torch_model, writer
-                written["export"] = self._write(artifact, candidate)
+                written["export"] = self._write(artifact, matrices, candidate)
                 written["assignment"] = candidate
 
         def measure_file(candidate: dict[str, str]) -> float:

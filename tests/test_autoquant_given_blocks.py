@@ -3,8 +3,9 @@
 A matrix given its blocks' type holds exactly those blocks: in the simulation
 the search measures, and byte for byte in the written GGUF. Its other types
 are made from the float weights, never from the GPTQ ones. The float input
-model is left as it was. Blocks that cannot belong to the model, or cannot go
-into a GGUF, are refused in one line.
+model is left as it was. The search and check windows are text the blocks
+were not fitted on. Blocks that cannot belong to the model, or cannot go into
+a GGUF, are refused in one line.
 """
 
 from __future__ import annotations
@@ -32,6 +33,16 @@ def gptq_dir(tiny_llama, tmp_path):
     result = build_pass("gptq_quantize", {"grid": "q4_0"})(tiny_llama, PassContext(CalibrationData(samples=2,
                                                                                                   seq_len=64)))
     return save_artifact(result, tmp_path / "gptq")
+
+
+@pytest.fixture
+def gptq_builtin_dir(tiny_llama, tmp_path):
+    """The same, calibrated on another text than the pass's (the built-in corpus): no windows to skip."""
+    from compress.saving import save_artifact
+
+    calibration = CalibrationData(source="builtin", samples=2, seq_len=64)
+    result = build_pass("gptq_quantize", {"grid": "q4_0"})(tiny_llama, PassContext(calibration))
+    return save_artifact(result, tmp_path / "gptq-builtin")
 
 
 def file_tensors(path):
@@ -86,16 +97,41 @@ def test_given_blocks_are_what_the_search_measures_and_what_the_file_holds(tiny_
     assert given == m["export"]["given_blocks_written"] > 0
 
 
-def test_given_blocks_change_the_measured_sensitivity_at_their_type_only(tiny_llama, gptq_dir):
+def test_search_and_check_windows_are_text_the_blocks_were_not_fitted_on(tiny_llama, gptq_dir, tmp_path):
+    """GPTQ read the first 2 windows of 64 tokens of the same calibration text, so the pass starts after them."""
+    import json
+    import shutil
+
+    config = {"target_kl": 1.0, "types": ["q4_0", "q8_0"], "curve": [1.0], "measure_curve": False,
+              "measure_in_llamacpp": False, "check": False}
+    m = build_pass("auto_quantize", {**config, "blocks_from": str(gptq_dir)})(tiny_llama, ctx()).passes[-1]["metrics"]
+    assert m["given_blocks"]["fitted_on"] and list(m["given_blocks"]["fitted_on"].values()) == [2 * 64]
+    search, check = m["windows"]["search"], m["windows"]["check"]
+    assert search["first_window"] == 2 and check["first_window"] == 4 and check["windows"] == 4
+    assert search["windows_skipped_as_fitted_on_by_given_blocks"] == 2
+
+    # Blocks fitted on the whole text (here: a manifest saying so) leave nothing to check on: refused.
+    greedy = tmp_path / "greedy"
+    shutil.copytree(gptq_dir, greedy)
+    manifest = json.loads((greedy / "compress.json").read_text())
+    manifest["passes"][-1]["metrics"]["calibration"]["data"]["windows"] = 10**6
+    (greedy / "compress.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="fitted on the first .* tokens of the calibration text.*--calib-text") as exc:
+        build_pass("auto_quantize", {**config, "blocks_from": str(greedy)})(tiny_llama, ctx())
+    assert "\n" not in str(exc.value)
+
+
+def test_given_blocks_change_the_measured_sensitivity_at_their_type_only(tiny_llama, gptq_builtin_dir):
     common = {"target_kl": 1.0, "types": ["q4_0", "q8_0"], "curve": [1.0], "measure_curve": False,
               "measure_in_llamacpp": False, "check": False}
     plain = build_pass("auto_quantize", common)(tiny_llama, ctx()).passes[-1]["metrics"]["sensitivity"]
-    given = build_pass("auto_quantize", {**common, "blocks_from": str(gptq_dir)})(tiny_llama, ctx())
+    given = build_pass("auto_quantize", {**common, "blocks_from": str(gptq_builtin_dir)})(tiny_llama, ctx())
+    assert given.passes[-1]["metrics"]["windows"]["search"]["first_window"] == 0  # the same windows as plain's
     given = given.passes[-1]["metrics"]["sensitivity"]
     projections = [n for n in plain if n.startswith("blk.")]
     assert all(given[n]["q8_0"] == plain[n]["q8_0"] for n in plain)
     assert any(given[n]["q4_0"] != plain[n]["q4_0"] for n in projections)
-    # GPTQ minimises each layer's output error on calibration text, so in total it moves the model less.
+    # GPTQ minimises each layer's output error on (other) calibration text, so in total it moves the model less.
     assert sum(given[n]["q4_0"] for n in projections) < sum(plain[n]["q4_0"] for n in projections)
 
 

@@ -117,7 +117,7 @@ class AutoQuantize(Pass):
             given = attach_given_blocks(model, matrices, self.blocks_from, tuple(self.types))
             log.info(f"candidate blocks: {given['matrices']} matrices' {', '.join(given['types'])} from "
                      f"{self.blocks_from}")
-        search, check = self._windows(artifact, ctx)
+        search, check = self._windows(artifact, ctx, given)
         sensitivity = self._sensitivity(model, matrices, search, given)
         options = self._options(matrices, sensitivity["kl"])
         reference = Reference(model, check, desc="check windows: base logits")
@@ -135,15 +135,38 @@ class AutoQuantize(Pass):
         metrics["given_blocks"] = given
         return metrics
 
-    def _windows(self, artifact, ctx: PassContext) -> tuple[Windows, Windows]:
+    def _windows(self, artifact, ctx: PassContext, given: dict | None) -> tuple[Windows, Windows]:
+        """The search windows, then the check windows; past whatever text the given blocks were fitted on."""
         windows = ctx.calibration_windows(artifact.tokenizer)
         needed = self.search_windows + self.check_windows
-        if len(windows) < needed:
+        skip, fitted = self._windows_read_by_blocks(windows, given)
+        if skip:
+            more = ctx.calibration.model_copy(update={"samples": skip + needed}).windows(artifact.tokenizer)
+            if len(more) < skip + needed:
+                raise UserError(f"the given blocks were fitted on the first {fitted} tokens of the calibration text, "
+                                f"which leaves {max(len(more) - skip, 0)} of its windows unseen where auto_quantize "
+                                f"needs {needed}; give another calibration text (--calib-text) or shorter windows")
+            log.info(f"search and check windows start after the {skip} calibration windows the given blocks were "
+                     "fitted on")
+            windows = more
+        elif len(windows) < needed:
             raise UserError(f"auto_quantize needs search_windows + check_windows = {needed} calibration windows and the "
                             f"calibration text gives {len(windows)}; raise the calibration samples (--calib-samples) "
                             "or lower the window counts")
-        return (window_subset(windows, 0, self.search_windows, "search"),
-                window_subset(windows, self.search_windows, needed, "check"))
+        search = window_subset(windows, skip, skip + self.search_windows, "search")
+        check = window_subset(windows, skip + self.search_windows, skip + needed, "check")
+        for part in (search, check):
+            part.provenance["windows_skipped_as_fitted_on_by_given_blocks"] = skip
+        return search, check
+
+    @staticmethod
+    def _windows_read_by_blocks(windows: Windows, given: dict | None) -> tuple[int, int]:
+        """(leading windows of this text, tokens) that the given blocks' passes read; 0s for none or another text."""
+        import math
+
+        tokens = given["fitted_on"].get(windows.provenance.get("sha256"), 0) if given else 0
+        stride = windows.provenance.get("stride") or windows.provenance.get("seq_len")
+        return (math.ceil(tokens / stride) if tokens else 0), tokens
 
     def _sensitivity(self, model, matrices, search: Windows, given: dict | None) -> dict:
         """measure_sensitivity, cached per (weights, windows, types, given blocks): several budgets on one model

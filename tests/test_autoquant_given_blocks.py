@@ -21,8 +21,9 @@ from compress.passes.base import CalibrationData, PassContext, build_pass
 pytestmark = pytest.mark.usefixtures("one_thread_fresh_calibration")
 
 
-def ctx(samples=6, seq_len=64):
-    return PassContext(CalibrationData(samples=samples, seq_len=seq_len))
+def ctx(samples=6, seq_len=64, source=None):
+    calibration = CalibrationData(samples=samples, seq_len=seq_len, **({"source": source} if source else {}))
+    return PassContext(calibration)
 
 
 @pytest.fixture
@@ -30,8 +31,7 @@ def gptq_dir(tiny_llama, tmp_path):
     """A saved GPTQ q4_0 output of tiny_llama (blocks for every projection)."""
     from compress.saving import save_artifact
 
-    result = build_pass("gptq_quantize", {"grid": "q4_0"})(tiny_llama, PassContext(CalibrationData(samples=2,
-                                                                                                  seq_len=64)))
+    result = build_pass("gptq_quantize", {"grid": "q4_0"})(tiny_llama, ctx(samples=2))
     return save_artifact(result, tmp_path / "gptq")
 
 
@@ -40,8 +40,7 @@ def gptq_builtin_dir(tiny_llama, tmp_path):
     """The same, calibrated on another text than the pass's (the built-in corpus): no windows to skip."""
     from compress.saving import save_artifact
 
-    calibration = CalibrationData(source="builtin", samples=2, seq_len=64)
-    result = build_pass("gptq_quantize", {"grid": "q4_0"})(tiny_llama, PassContext(calibration))
+    result = build_pass("gptq_quantize", {"grid": "q4_0"})(tiny_llama, ctx(samples=2, source="builtin"))
     return save_artifact(result, tmp_path / "gptq-builtin")
 
 
@@ -148,10 +147,9 @@ def test_blocks_that_cannot_be_the_models_are_refused_in_one_line(tiny_llama, ti
 
     assert "holds no quantized blocks" in run({"blocks_from": str(tiny_llama_dir)})
     assert "not among the candidate types" in run({"blocks_from": str(gptq_dir), "types": ["q5_0", "q8_0"]})
-    other = build_pass("gptq_quantize", {"grid": "q4_0"})(tiny_gpt2, PassContext(CalibrationData(samples=2, seq_len=64)))
+    other = build_pass("gptq_quantize", {"grid": "q4_0"})(tiny_gpt2, ctx(samples=2))
     assert "is not a quantized copy of the model" in run({"blocks_from": str(save_artifact(other, tmp_path / "o"))})
-    ort = build_pass("gptq_quantize", {"grid": "int4", "block_size": 32})(tiny_llama,
-                                                                          PassContext(CalibrationData(samples=2, seq_len=64)))
+    ort = build_pass("gptq_quantize", {"grid": "int4", "block_size": 32})(tiny_llama, ctx(samples=2))
     assert "MatMulNBits" in run({"blocks_from": str(save_artifact(ort, tmp_path / "ort"))})
 
 

@@ -12,9 +12,9 @@ what is written.
 The given output must be a quantized copy of the float model: the same
 parameters, and every one that is not a quantized matrix (norms, the embedding
 of a tied head) equal. So a tune_scales output qualifies only if it was tuned
-with `norms: false`: by default it trains the norms too. Refused in one line each: an output with different
-parameters (GPTQ --head unties a tied head, so it has one more), and ONNX
-Runtime MatMulNBits blocks, which a GGUF cannot hold.
+with `norms: false`: by default it trains the norms too. Refused in one line
+each: an output with different parameters (GPTQ --head unties a tied head, so
+it has one more), and ONNX Runtime MatMulNBits blocks, which a GGUF cannot hold.
 
 The blocks were fitted on calibration text: GPTQ's windows, and tune_scales'
 training windows, which the manifest records. Measured on that same text, a
@@ -106,7 +106,8 @@ def _check_same_model(model, quantized, blocks: dict, ref: str, tuned: bool) -> 
     lacking = sorted(set(mine) - set(theirs))
     if extra or lacking:
         what = f"has {extra[0]}, which the model lacks" if extra else f"lacks the model's {lacking[0]}"
-        hint = " (GPTQ --head unties a tied head: use an output made without --head)" if "lm_head.weight" in extra else ""
+        untied = "lm_head.weight" in extra
+        hint = " (GPTQ --head unties a tied head: use an output made without --head)" if untied else ""
         raise UserError(f"{ref} is not a quantized copy of the model: it {what}{hint}")
     for name, p in mine.items():
         if name in blocks:

@@ -21,8 +21,8 @@ OPTIONS = [
 
 
 def run_autoquant(model: str, target_kl: float, types: str, search_windows: int, check_windows: int,
-                  blocks_from: str | None, max_kl: float, min_top1: float, fail_on_damage: bool, output: str, force: bool,
-                  trust_remote_code: bool, data: dict) -> None:
+                  blocks_from: str | None, max_kl: float, min_top1: float, fail_on_damage: bool, output: str,
+                  force: bool, trust_remote_code: bool, data: dict) -> None:
     from ..cli_options import data_specs
     from ..data import check_disjoint
     from ..encoders.architecture import is_encoder_config
@@ -66,9 +66,12 @@ def run_autoquant(model: str, target_kl: float, types: str, search_windows: int,
     path = save_artifact(result, output, force=force)
     m = result.passes[-1]["metrics"]
     counts = ", ".join(f"{n} {t}" for t, n in m["type_counts"].items())
-    given = f" ({m['export']['given_blocks_written']} taking the blocks of {blocks_from})" if m["given_blocks"] else ""
+    given = ""
+    if m["given_blocks"]:
+        given = f" ({m['export']['given_blocks_written']} taking the blocks of {blocks_from})"
     where = "llama.cpp" if m["measured_kl_llamacpp"] is not None else "PyTorch, llama.cpp's roundings"
-    click.echo(f"chose {counts} matrices{given}: predicted KL {m['predicted_kl']:.4f}, measured {m['measured_kl']:.4f} "
+    click.echo(f"chose {counts} matrices{given}: predicted KL {m['predicted_kl']:.4f}, "
+               f"measured {m['measured_kl']:.4f} "
                f"({where}, {m['windows']['check']['windows']} held-out calibration windows; budget {target_kl}); "
                f"{m['gguf_bytes'] / 1e6:.1f} MB, predicted {m['predicted_speedup_vs_q8_0']:.2f}x the decode speed "
                "of all-q8_0 (bytes model)")

@@ -32,6 +32,7 @@ Config (YAML)::
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Any, ClassVar
 
@@ -162,8 +163,6 @@ class AutoQuantize(Pass):
     @staticmethod
     def _windows_read_by_blocks(windows: Windows, given: dict | None) -> tuple[int, int]:
         """(leading windows of this text, tokens) that the given blocks' passes read; 0s for none or another text."""
-        import math
-
         tokens = given["fitted_on"].get(windows.provenance.get("sha256"), 0) if given else 0
         stride = windows.provenance.get("stride") or windows.provenance.get("seq_len")
         return (math.ceil(tokens / stride) if tokens else 0), tokens

@@ -14,7 +14,14 @@
 
 Training text is the recipe's calibration text, cut into sentences
 (sentences.py; never the evaluation part), tokenized once up to ``seq_len``
-tokens with [CLS]/[SEP] as in use, padded per batch. The loop is the
+tokens with [CLS]/[SEP] as in use, padded per batch. Two ways to show the
+student more kinds of input from the same text, since a student fitted to a
+few thousand sentences learns their domain rather than the teacher:
+``passages`` adds that many random runs of 4 to 64 consecutive words
+(crossing sentence boundaries, code and lists included), and ``mask_share``
+replaces that share of each batch's words with the mask token, freshly drawn
+every step, for teacher and student alike (the teacher's output on the
+corrupted input is still the target). The loop is the
 distillation trainer's (compress/distill/train.py: seeded order, schedules,
 gradient clipping, resumable checkpoints), with the batch and the loss
 replaced.
@@ -35,7 +42,7 @@ from ..errors import UserError
 from ..passes.base import Pass, PassContext
 from ..passes.distillation import TeacherTraining
 from .pooling import Pooling, pool
-from .sentences import SentenceSpec, load_sentences, max_tokens
+from .sentences import SentenceSpec, load_sentences, max_tokens, random_passages
 
 EmbeddingLoss = Literal["cosine", "mse"]
 
@@ -67,6 +74,8 @@ class EmbeddingTrainConfig(EmbeddingLossConfig, OptimizationConfig):
     seq_len: int = Field(128, ge=8, description="tokens per training sentence at most ([CLS] and [SEP] included)")
     lr: float = Field(5e-5, gt=0.0)
     warmup_steps: int = Field(20, ge=0)
+    passages: int = Field(0, ge=0, description="random word runs of the training text added to its sentences")
+    mask_share: float = Field(0.0, ge=0.0, lt=1.0, description="share of tokens replaced by the mask token, per step")
 
 
 def embedding_loss(student: torch.Tensor, teacher: torch.Tensor, kind: EmbeddingLoss) -> torch.Tensor:
@@ -94,24 +103,49 @@ class SentenceBatches:
         return {k: v[rows][:, :width] for k, v in self.tensors.items()}
 
 
-def training_sentences(tokenizer, calibration, seq_len: int, count: int | None = None) -> SentenceBatches:
+def training_sentences(tokenizer, calibration, seq_len: int, count: int | None = None, passages: int = 0,
+                       seed: int = 0) -> SentenceBatches:
     sentences = load_sentences(SentenceSpec.from_text(calibration, sentences=count))
-    tensors = dict(tokenizer(sentences.texts, padding="max_length", truncation=True, max_length=seq_len,
-                             return_tensors="pt"))
-    return SentenceBatches(tensors, {**sentences.provenance, "seq_len": seq_len})
+    texts = list(sentences.texts)
+    provenance = {**sentences.provenance, "seq_len": seq_len}
+    if passages:
+        from ..data import load_text
+
+        texts += random_passages(load_text(calibration).text, passages, seed=seed)
+        provenance["passages"] = len(texts) - len(sentences.texts)
+    tensors = dict(tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt"))
+    return SentenceBatches(tensors, provenance)
+
+
+def mask_tokens(batch: dict[str, torch.Tensor], share: float, mask_id: int, special_ids: list[int],
+                generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """A copy of `batch` with `share` of its real, non-special tokens replaced by `mask_id`."""
+    ids = batch["input_ids"]
+    maskable = batch["attention_mask"].bool() & ~torch.isin(ids, torch.tensor(special_ids, dtype=ids.dtype))
+    chosen = maskable & (torch.rand(ids.shape, generator=generator) < share)
+    return {**batch, "input_ids": torch.where(chosen, torch.full_like(ids, mask_id), ids)}
 
 
 class EmbeddingTrainer(Trainer):
     """The distillation trainer with sentence batches and the embedding loss."""
 
     def __init__(self, student, teacher, sentences: SentenceBatches, config: EmbeddingTrainConfig,
-                 pooling: Pooling, **kwargs):
+                 pooling: Pooling, mask_id: int | None = None, special_ids: list[int] | None = None, **kwargs):
         super().__init__(student, teacher, sentences, config, **kwargs)
         self.pooling = pooling
+        self.mask_id, self.special_ids = mask_id, special_ids or []
+        if config.mask_share > 0 and mask_id is None:
+            raise UserError("mask_share needs a tokenizer with a mask token; this one has none, so use mask_share 0")
 
     def _micro_batches(self):
-        for mine in self._micro_batch_indices():
-            yield self.train_windows.take(mine)
+        c = self.config
+        for k, mine in enumerate(self._micro_batch_indices()):
+            batch = self.train_windows.take(mine)
+            if c.mask_share > 0:
+                # drawn from the position in the sample stream, so a resumed run masks as the first would have
+                g = torch.Generator().manual_seed(c.seed * 1_000_003 + self.samples_seen * 64 + k)
+                batch = mask_tokens(batch, c.mask_share, self.mask_id, self.special_ids, g)
+            yield batch
 
     def batch_loss(self, batch):
         c = self.config
@@ -176,11 +210,13 @@ class EmbeddingDistill(EmbeddingTrainConfig, TeacherTraining, Pass):
         if length != config.seq_len:
             raise UserError(f"seq_len {config.seq_len} is longer than the model takes ({length} tokens); "
                             f"use seq_len {length} or less")
-        data = training_sentences(artifact.tokenizer, ctx.calibration, config.seq_len, self.train_sentences)
+        data = training_sentences(artifact.tokenizer, ctx.calibration, config.seq_len, self.train_sentences,
+                                  passages=config.passages, seed=config.seed)
         layer_map = student_layer_map(artifact, teacher) if config.hidden_weight > 0 else None
         trainer = EmbeddingTrainer(artifact.model, teacher.model, data, config, artifact.pooling,
                                    checkpoint_dir=self.checkpoint_dir if config.checkpoint_every or self.resume else None,
-                                   layer_map=layer_map, device=self.device)
+                                   layer_map=layer_map, device=self.device,
+                                   mask_id=artifact.tokenizer.mask_token_id, special_ids=artifact.tokenizer.all_special_ids)
         result = trainer.run(resume=self.resume, final_eval=False)
         artifact.model = trainer.model.to("cpu").eval()
         from ..distill import summarize

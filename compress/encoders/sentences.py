@@ -73,6 +73,29 @@ def split_sentences(text: str, min_words: int = 4, max_words: int = 64, limit: i
     return found
 
 
+def random_passages(text: str, count: int, min_words: int = 4, max_words: int = 64, seed: int = 0) -> list[str]:
+    """`count` runs of `min_words` to `max_words` consecutive words from the paragraphs of `text`, drawn with `seed`.
+
+    They cross sentence boundaries and keep what the sentence filter leaves out
+    (code, lists, fragments), so a student trained on them sees more kinds of
+    input than the sentences alone, from the same text.
+    """
+    import random
+
+    paragraphs = [p.split() for p in _PARAGRAPH_BREAK.split(text)]
+    paragraphs = [w for w in paragraphs if len(w) >= min_words and not w[0].startswith("=")]
+    if not paragraphs:
+        return []
+    rng = random.Random(seed)
+    weights = [len(w) for w in paragraphs]  # every word equally likely to start a passage
+    out = []
+    for words in rng.choices(paragraphs, weights=weights, k=count):
+        length = rng.randint(min_words, min(max_words, len(words)))
+        start = rng.randint(0, len(words) - length)
+        out.append(" ".join(words[start : start + length]))
+    return out
+
+
 def load_sentences(spec: SentenceSpec) -> Sentences:
     loaded = load_text(spec)
     texts = split_sentences(loaded.text, spec.min_words, spec.max_words, spec.sentences)

@@ -1,0 +1,71 @@
+"""embedding_distill's extra inputs: random word runs of the training text, and masked tokens."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from encoder_fixtures import bert_tokenizer, tiny_bert, tiny_bert_dir  # noqa: F401
+
+from compress.passes.base import CalibrationData, PassContext, build_pass  # first: it registers the passes
+from compress.encoders.distill import mask_tokens  # noqa: E402  (isort: skip)
+from compress.encoders.sentences import random_passages  # noqa: E402
+from compress.errors import UserError  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread_fresh_calibration")
+
+TEXT = ("= A heading =\n\n"
+        "The first paragraph has exactly ten words in it, no more.\n\n"
+        "def f(x):\n    return x + 1\n\n"
+        "A second paragraph, also prose, runs across two lines\nof the file and ends here.\n")
+
+
+def test_passages_are_runs_of_consecutive_words_from_one_paragraph():
+    paragraphs = [" ".join(p.split()) for p in TEXT.split("\n\n")[1:]]
+    passages = random_passages(TEXT, 200, min_words=3, max_words=8, seed=1)
+    assert len(passages) == 200
+    for passage in passages:
+        assert 3 <= len(passage.split()) <= 8
+        assert any(passage in p for p in paragraphs), passage
+    assert not any("heading" in p for p in passages)  # WikiText-style headings are not text
+    assert any("return" in p for p in passages)  # code is kept: the sentence filter's leftovers are input too
+
+
+def test_passages_depend_on_the_seed_alone():
+    assert random_passages(TEXT, 50, seed=3) == random_passages(TEXT, 50, seed=3)
+    assert random_passages(TEXT, 50, seed=3) != random_passages(TEXT, 50, seed=4)
+
+
+def test_a_text_without_long_enough_paragraphs_gives_no_passages():
+    assert random_passages("too short\n\nalso short", 10, min_words=4) == []
+
+
+def test_masking_replaces_only_real_non_special_tokens_at_about_the_share():
+    ids = torch.tensor([[101] + list(range(1000, 1400)) + [102, 0, 0]])
+    mask = torch.tensor([[1] * 402 + [0, 0]])
+    batch = {"input_ids": ids, "attention_mask": mask}
+    out = mask_tokens(batch, 0.25, mask_id=103, special_ids=[0, 101, 102, 103],
+                      generator=torch.Generator().manual_seed(0))
+    changed = out["input_ids"] != ids
+    assert torch.equal(out["attention_mask"], mask) and torch.equal(batch["input_ids"], ids)  # the input is kept
+    assert (out["input_ids"][changed] == 103).all()
+    assert not changed[0, 0] and not changed[0, 401] and not changed[0, 402:].any()  # [CLS], [SEP], padding
+    assert 0.18 < changed.sum().item() / 400 < 0.32
+
+
+def test_distillation_trains_on_sentences_plus_passages_with_masking(tiny_bert, tmp_path):
+    text = tmp_path / "train.txt"
+    text.write_text("\n\n".join(f"Paragraph {i} says that the loop runs once for every item in the list, "
+                                f"and then the function returns its value number {i}." for i in range(12)))
+    ctx = PassContext(CalibrationData(source=str(text), samples=2, seq_len=64))
+    trained = build_pass("embedding_distill", {"steps": 3, "batch_size": 4, "seq_len": 32, "passages": 30,
+                                                "mask_share": 0.2, "warmup_steps": 0})(tiny_bert, ctx)
+    data = trained.passes[-1]["metrics"]["train_data"]
+    assert data["passages"] == 30 and data["sentences"] >= 2
+
+
+def test_masking_without_a_mask_token_is_refused_in_one_line(tiny_bert, monkeypatch):
+    monkeypatch.setattr(type(tiny_bert.tokenizer), "mask_token_id", property(lambda self: None), raising=False)
+    ctx = PassContext(CalibrationData(samples=2, seq_len=64))
+    with pytest.raises(UserError, match="mask token") as err:
+        build_pass("embedding_distill", {"steps": 1, "batch_size": 2, "seq_len": 32, "mask_share": 0.1})(tiny_bert, ctx)
+    assert "\n" not in str(err.value)

@@ -48,6 +48,15 @@ def stock_embeddings(directory, texts=TEXTS) -> torch.Tensor:
     return pool(torch.as_tensor(hidden), batch["attention_mask"], Pooling(normalize=normalize))
 
 
+def cosine_to(base):
+    """A function giving an artifact's mean embedding cosine to `base` on a few sentences."""
+    from compress.encoders.quality import embedding_agreement
+
+    texts = TEXTS * 3 + ["One more sentence so that there are enough.", "And the last one of the set."] * 2
+    reference = embed(base.model, base.tokenizer, texts, base.pooling, desc=None)
+    return lambda a: embedding_agreement(reference, embed(a.model, a.tokenizer, texts, a.pooling, desc=None))["cosine_mean"]
+
+
 def assert_reloads(result, tmp_path, atol=1e-5):
     """Saved, the result loads with stock libraries and gives the embeddings it gave in memory."""
     out = save_artifact(result, tmp_path / "out")
@@ -202,8 +211,6 @@ def test_the_onnx_export_is_checked_against_pytorch(tiny_bert, ctx):
 
 
 def test_embedding_distillation_moves_a_pruned_student_towards_its_teacher(tiny_bert_dir, tiny_bert, ctx, tmp_path):
-    from compress.encoders.quality import embedding_agreement
-
     student = build_pass("channel_prune", {"ratio": 0.5, "importance": "magnitude"})(tiny_bert, ctx)
     torch.manual_seed(0)
     with torch.no_grad():  # a random tiny model barely notices pruning; damage it so there is something to recover
@@ -214,12 +221,7 @@ def test_embedding_distillation_moves_a_pruned_student_towards_its_teacher(tiny_
     metrics = trained.passes[-1]["metrics"]
     assert metrics["final_loss"] < metrics["first_loss"]
     assert metrics["teacher"]["path"] == str(tiny_bert_dir)
-    texts = TEXTS * 3 + ["One more sentence so that there are enough.", "And the last one of the set."] * 2
-    base = embed(tiny_bert.model, tiny_bert.tokenizer, texts, tiny_bert.pooling, desc=None)
-
-    def cosine(a):
-        return embedding_agreement(base, embed(a.model, a.tokenizer, texts, a.pooling, desc=None))["cosine_mean"]
-
+    cosine = cosine_to(tiny_bert)
     assert cosine(trained) > cosine(student)
     assert_reloads(trained, tmp_path)
 
@@ -336,3 +338,14 @@ def test_a_roberta_encoder_takes_the_same_path(tmp_path, bert_tokenizer, ctx):
     assert type(artifact.model) is RobertaModel
     result = build_pass("head_prune", {"ratio": 0.5})(build_pass("channel_prune", {"ratio": 0.5})(artifact, ctx), ctx)
     assert_reloads(result, tmp_path)
+
+
+def test_the_head_refit_brings_an_encoder_closer_to_its_base_and_reloads(tiny_bert, ctx, tmp_path):
+    plain = build_pass("head_prune", {"ratio": 0.5, "refit": False})(tiny_bert, ctx)
+    refit = build_pass("head_prune", {"ratio": 0.5})(tiny_bert, ctx)  # refit is the default
+    record = refit.passes[-1]["metrics"]["refit"]
+    assert record["attention_output_error_refit"] < record["attention_output_error_removed"]
+    assert plain.passes[-1]["metrics"]["pruned_heads"] == refit.passes[-1]["metrics"]["pruned_heads"]
+    cosine = cosine_to(tiny_bert)
+    assert cosine(refit) > cosine(plain)
+    assert_reloads(refit, tmp_path)

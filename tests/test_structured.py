@@ -110,6 +110,26 @@ def test_invalid_head_ratio_is_refused_naming_the_valid_ones(deep_dirs, ratio):
     assert valid_head_ratios(6, 2) == {"groups": [0.5], "query": [0.3333, 0.6667]}
 
 
+@pytest.mark.parametrize("mode,ratio", [("groups", 0.5), ("query", 1 / 3)])
+def test_the_head_refit_brings_the_pruned_model_closer_to_the_base_and_reloads(deep_dirs, ctx, tmp_path, mode, ratio):
+    from compress.evaluate import compare
+
+    art = load(deep_dirs["llama"])
+    windows = ctx.calibration_windows(art.tokenizer)
+    plain = HeadPrune(ratio=ratio, mode=mode, refit=False)(art, ctx)
+    refit = HeadPrune(ratio=ratio, mode=mode)(art, ctx)  # refit is the default
+    record = refit.passes[-1]["metrics"]["refit"]
+    assert record["attention_output_error_refit"] < record["attention_output_error_removed"]
+    assert "refit" not in plain.passes[-1]["metrics"]
+    assert (plain.passes[-1]["metrics"]["removed_query_heads_per_layer"]
+            == refit.passes[-1]["metrics"]["removed_query_heads_per_layer"])
+    assert compare(art.model, refit.model, windows)["kl_mean"] < compare(art.model, plain.model, windows)["kl_mean"]
+    for a_plain, a_refit in zip(plain.model.model.layers, refit.model.model.layers):
+        assert torch.equal(a_plain.self_attn.q_proj.weight, a_refit.self_attn.q_proj.weight)  # only o_proj changes
+        assert not torch.equal(a_plain.self_attn.o_proj.weight, a_refit.self_attn.o_proj.weight)
+    reload_and_check(refit, tmp_path)
+
+
 def test_head_prune_is_refused_on_gpt2(tiny_gpt2, ctx):
     with pytest.raises(UserError, match="GPT-2"):
         HeadPrune(ratio=0.5)(tiny_gpt2, ctx)
@@ -276,13 +296,29 @@ def test_the_refit_brings_the_pruned_model_closer_to_the_base_and_reloads(deep_d
         assert not getattr(stock.config, "mlp_bias", False)  # a Llama MLP without biases stays without
 
 
-def test_the_command_line_turns_the_refit_off_for_channels_and_refuses_it_elsewhere():
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_reconstruction_selection_leaves_less_output_error_than_scores(deep_dirs, ctx, tmp_path, arch):
+    art = load(deep_dirs[arch])
+    scored = ChannelPrune(ratio=0.5)(art, ctx).passes[-1]["metrics"]["refit"]
+    chosen = ChannelPrune(ratio=0.5, selection="reconstruction")(art, ctx)
+    assert chosen.passes[-1]["metrics"]["refit"]["mlp_output_error_refit"] <= scored["mlp_output_error_refit"]
+    reload_and_check(chosen, tmp_path)
+
+
+def test_reconstruction_selection_without_the_refit_is_refused_in_one_line(deep_dirs, ctx):
+    with pytest.raises(UserError, match="needs refit: true") as err:
+        ChannelPrune(ratio=0.5, selection="reconstruction", refit=False)(load(deep_dirs["llama"]), ctx)
+    assert "\n" not in str(err.value)
+
+
+def test_the_command_line_turns_the_refit_off_for_channels_and_heads_and_refuses_it_elsewhere():
     from compress.commands.prune import build_prune_pass
 
     common = dict(method="activation", sparsity=0.25, pattern=None, scope="row", head_mode="groups",
                   skip_first_last=False, bias_compensation=False, include=(), exclude=(), include_lm_head=False)
-    assert build_prune_pass(structure="channels", **common).refit is True
-    assert build_prune_pass(structure="channels", refit=False, **common).refit is False
-    for structure in ("heads", None):
+    for structure in ("channels", "heads"):
+        assert build_prune_pass(structure=structure, **common).refit is True
+        assert build_prune_pass(structure=structure, refit=False, **common).refit is False
+    for structure in ("layers", None):
         with pytest.raises(UserError, match="--refit / --no-refit apply to --structure channels"):
             build_prune_pass(structure=structure, refit=False, **{**common, "sparsity": 0.5})

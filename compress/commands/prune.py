@@ -12,16 +12,20 @@ STRUCTURES = {"channels": "channel_prune", "heads": "head_prune", "layers": "lay
 
 def build_prune_pass(method: str, sparsity: float | None, pattern: str | None, scope: str, structure: str | None,
                      head_mode: str, skip_first_last: bool, bias_compensation: bool, include: tuple[str, ...], exclude: tuple[str, ...],
-                     include_lm_head: bool, sequential: bool | None = None, refit: bool | None = None):
+                     include_lm_head: bool, sequential: bool | None = None, refit: bool | None = None,
+                     selection: str | None = None):
     """The pass the options describe, validated (one-line UserError on a bad combination)."""
     from ..passes.base import build_pass
 
+    if selection is not None and structure != "channels":
+        raise UserError("--selection chooses which MLP channels go; it applies to --structure channels")
     if structure is None:
         if skip_first_last:
             raise UserError("--skip-first-last applies to structured pruning (--structure); for unstructured pruning "
                             "use --exclude with the first and last blocks' module names")
         if bias_compensation or refit is not None:
-            raise UserError("--bias-compensation and --refit / --no-refit apply to --structure channels")
+            raise UserError("--refit / --no-refit apply to --structure channels or heads, --bias-compensation to "
+                            "--structure channels")
         name = {"magnitude": "magnitude_prune", "sparsegpt": "sparsegpt_prune"}.get(method, "wanda_prune")
         config = {"sparsity": sparsity, "scope": scope if pattern is None else None, "pattern": pattern, "include": list(include) or None,
                   "exclude": list(exclude) or None, "include_lm_head": include_lm_head}
@@ -39,14 +43,19 @@ def build_prune_pass(method: str, sparsity: float | None, pattern: str | None, s
     importance = "magnitude" if method == "magnitude" else "activation"
     if structure == "channels":
         config = {"ratio": sparsity, "importance": importance, "skip_first_last": skip_first_last,
-                  "bias_compensation": bias_compensation, **({} if refit is None else {"refit": refit})}
-    elif structure in ("heads", "layers") and (bias_compensation or refit is not None):
-        raise UserError("--bias-compensation and --refit / --no-refit apply to --structure channels")
+                  "bias_compensation": bias_compensation, **({} if refit is None else {"refit": refit}),
+                  **({} if selection is None else {"selection": selection})}
+    elif structure in ("heads", "layers") and bias_compensation:
+        raise UserError("--bias-compensation applies to --structure channels")
+    elif structure == "layers" and refit is not None:
+        raise UserError("--refit / --no-refit apply to --structure channels or heads; dropped layers leave no "
+                        "projection to refit")
     elif structure == "heads":
         if skip_first_last:
             raise UserError("--skip-first-last is not available for heads: a stock config holds one head count for "
                             "every layer; prune every layer or prune channels instead")
-        config = {"ratio": sparsity, "importance": importance, "mode": head_mode}
+        config = {"ratio": sparsity, "importance": importance, "mode": head_mode,
+                  **({} if refit is None else {"refit": refit})}
     else:
         if method == "magnitude":
             raise UserError("layers are scored on calibration text (how little each block changes its input); "
@@ -74,8 +83,11 @@ def build_prune_pass(method: str, sparsity: float | None, pattern: str | None, s
 @click.option("--bias-compensation", is_flag=True,
               help="Channels: put the removed channels' mean contribution on calibration text into the down bias.")
 @click.option("--refit/--no-refit", default=None,
-              help="Channels: least-squares refit of the down projection's kept columns on calibration text "
-              "(default on; --no-refit: plain removal).")
+              help="Channels and heads: least-squares refit of the down (channels) or attention output (heads) "
+              "projection's kept columns on calibration text (default on; --no-refit: plain removal).")
+@click.option("--selection", type=click.Choice(["score", "reconstruction"]), default=None,
+              help="Channels: keep the highest-scored channels (score, the default), or remove one at a time the "
+              "channel the refit of the others makes up for best (reconstruction; needs the refit).")
 @click.option("--include", multiple=True, help="Glob of module names to prune (repeatable; default: every projection).")
 @click.option("--exclude", multiple=True, help="Glob of module names to leave alone (repeatable).")
 @click.option("--include-lm-head", is_flag=True, help="Also prune the output head (off by default).")

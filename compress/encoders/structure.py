@@ -81,8 +81,16 @@ def head_scores(artifact, ctx, importance: str) -> list[torch.Tensor]:
     return scores
 
 
-def prune_encoder_heads(ratio: float, mode: str, importance: str, artifact, ctx) -> dict[str, Any]:
-    """head_prune for an encoder: remove the lowest-scored heads of every layer through model.prune_heads."""
+def prune_encoder_heads(ratio: float, mode: str, importance: str, artifact, ctx,
+                        refit_damp: float | None = None) -> dict[str, Any]:
+    """head_prune for an encoder: remove the lowest-scored heads of every layer through model.prune_heads.
+
+    With `refit_damp`, each layer's attention output projection is refitted on its kept columns by least
+    squares on the calibration text (compress/passes/refit.py), as channel_prune refits the MLP's.
+    """
+    from ..layers import WeightMatrix
+    from ..passes.structured import kept_input_statistics, refit_projection, refit_summary
+
     model = artifact.model
     config = model.config
     remove = heads_to_remove(ratio, mode, config)
@@ -95,12 +103,34 @@ def prune_encoder_heads(ratio: float, mode: str, importance: str, artifact, ctx)
         # The module's heads, in order, are the original heads not pruned before.
         original = [h for h in range(config.num_attention_heads) if h not in set(pruned.get(i, []))]
         plan[i] = sorted(original[j] for j in torch.topk(s, k, largest=False).indices.tolist())
+    layers = model.encoder.layer
+    outputs = [WeightMatrix(f"encoder.layer.{i}.attention.output.dense", layer.attention.output.dense)
+               for i, layer in enumerate(layers)]
+    stats = kept_input_statistics(artifact, outputs, ctx, "head statistics") if refit_damp is not None else None
+    before_weights = [o.weight.detach().clone() for o in outputs]
+    kept_columns = []
+    for i, layer in enumerate(layers):  # columns of the heads that stay, in the module's current order
+        original = [h for h in range(config.num_attention_heads) if h not in set(pruned.get(i, []))]
+        d = layer.attention.self.attention_head_size
+        kept = [j for j, h in enumerate(original) if h not in set(plan[i])]
+        kept_columns.append((torch.tensor(kept)[:, None] * d + torch.arange(d)).flatten())
     model.prune_heads(plan)
+    errors = []
+    if stats is not None:
+        with torch.no_grad():
+            for layer, o, full, keep in zip(layers, outputs, before_weights, kept_columns):
+                dense = layer.attention.output.dense  # prune_heads put a new, narrower Linear there
+                weight, delta, error = refit_projection(full, stats[o.name], keep, refit_damp, dense.bias is not None)
+                errors.append(error)
+                dense.weight.copy_(weight)
+                if delta is not None:
+                    dense.bias.add_(delta)
     return {
         "heads_before": heads_before,
         "heads_after": heads_per_layer(config),
         "removed_heads_per_layer": [plan[i] for i in range(len(plan))],
         "pruned_heads": {str(k): sorted(v) for k, v in config.pruned_heads.items()},
+        **refit_summary(errors, "attention"),
         "parameters_before": before["parameters"],
         **count_parameters(model),
     }

@@ -76,3 +76,33 @@ def relative_output_error(
         error += float(2 * delta @ (d @ mean.double()) + delta @ delta)
     total = float(torch.einsum("oi,ij,oj->", w, g, w))
     return error / total if total > 0 else 0.0
+
+
+def greedy_kept_inputs(weight: torch.Tensor, gram: torch.Tensor, mean: torch.Tensor | None, keep_count: int,
+                       damp: float = DEFAULT_DAMP) -> torch.Tensor:
+    """The `keep_count` input features to keep, sorted: chosen so that the refit above can make up for the rest.
+
+    One feature at a time goes: the one whose removal, with the others re-solved (the optimal brain surgeon
+    step on a whole column, as in SparseGPT), adds the least output error, ||W_:j||^2 / [H^-1]_jj with
+    H = G + λI. The objective is the refit's (its λ pulls towards the old weights), so the refit of the
+    kept set finishes what the selection began. With `mean` (a projection with a bias), G is centred:
+    the bias absorbs the removed features' means, so only their variation costs.
+    """
+    w = weight.double().clone()
+    g = gram.double()
+    if mean is not None:
+        m = mean.double()
+        g = g - torch.outer(m, m)
+    n = g.shape[0]
+    lam = damp * float(g.diagonal().mean().clamp_min(1e-12))
+    hinv = torch.linalg.inv(g + lam * torch.eye(n, dtype=g.dtype))
+    alive = torch.ones(n, dtype=torch.bool)
+    for _ in range(n - keep_count):
+        cost = w.pow(2).sum(0) / hinv.diagonal()
+        cost[~alive] = float("inf")
+        j = int(torch.argmin(cost))
+        row = hinv[j] / hinv[j, j]
+        w -= torch.outer(w[:, j], row)
+        hinv -= torch.outer(hinv[:, j], row)
+        alive[j] = False
+    return alive.nonzero().squeeze(1)

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -60,7 +60,7 @@ from ..saving import write_hf_checkpoint
 from .base import Pass, PassContext
 from .calibration import collect, input_norms, run_calibration
 from .hessian import collect_hessians
-from .refit import DEFAULT_DAMP, refit_kept_inputs, relative_output_error
+from .refit import DEFAULT_DAMP, greedy_kept_inputs, refit_kept_inputs, relative_output_error
 
 Importance = Literal["magnitude", "activation"]
 
@@ -246,7 +246,51 @@ class StructuredPrune(Pass):
         return self.importance == "activation"
 
 
-class ChannelPrune(StructuredPrune):
+class KeptInputRefit(BaseModel):
+    """The least-squares refit of the projection that reads what was removed (compress/passes/refit.py)."""
+
+    refit: bool = Field(
+        True, description="re-solve the kept columns of the projection that reads the removed units (the MLP's down "
+        "projection, the attention output projection), and its bias where it has one, by least squares, so its output "
+        "on calibration text stays as close as it can to the unpruned one's (compress/passes/refit.py); off: the kept "
+        "columns stay as they were"
+    )
+    refit_damp: float = Field(
+        DEFAULT_DAMP, gt=0.0, description="how strongly the refit holds the kept columns to their old values (a share "
+        "of the mean activation energy): larger stays closer to plain removal, smaller fits the calibration text harder"
+    )
+
+
+def kept_input_statistics(artifact: Artifact, targets: list[WeightMatrix], ctx: PassContext,
+                          desc: str) -> dict[str, tuple]:
+    """Per target projection: (X^T X / tokens, mean input) on the calibration windows, before any removal."""
+    windows = ctx.calibration_windows(artifact.tokenizer)
+    means: dict[str, torch.Tensor] = {}
+    grams = collect_hessians(targets, lambda: run_calibration(artifact.model, windows, desc=desc), means)
+    return {t.name: (grams[t.name], means[t.name]) for t in targets}
+
+
+def refit_projection(full: torch.Tensor, stats: tuple, keep: torch.Tensor, damp: float,
+                     with_bias: bool) -> tuple[torch.Tensor, torch.Tensor | None, tuple[float, float]]:
+    """The refit weight for `keep`, the bias change (None without a bias), and the relative output error
+    (plain removal, refit) on the calibration tokens."""
+    gram, mean = stats
+    weight, delta = refit_kept_inputs(full, gram, mean if with_bias else None, keep, damp)
+    errors = (relative_output_error(full, gram, mean, keep, full[:, keep]),
+              relative_output_error(full, gram, mean, keep, weight, delta))
+    return weight, delta, errors
+
+
+def refit_summary(errors: list[tuple[float, float]], what: str) -> dict:
+    return {"refit": {
+        f"{what}_output_error_removed": round(sum(e[0] for e in errors) / len(errors), 6),
+        f"{what}_output_error_refit": round(sum(e[1] for e in errors) / len(errors), 6),
+        "note": f"mean over pruned layers of E||change of the {what} output||^2 / E||{what} output||^2 on calibration "
+                "text",
+    }} if errors else {}
+
+
+class ChannelPrune(KeptInputRefit, StructuredPrune):
     """Remove MLP intermediate channels (the same number in every layer unless asked otherwise)."""
 
     name = "channel_prune"
@@ -260,14 +304,10 @@ class ChannelPrune(StructuredPrune):
         False, description="add the removed channels' mean contribution on calibration text to the down projection's "
         "bias (Llama: sets mlp_bias, so gate/up get zero biases too)"
     )
-    refit: bool = Field(
-        True, description="re-solve the down projection's kept columns (and its bias, where it has one) by least "
-        "squares, so the MLP's output on calibration text stays as close as it can to the unpruned one's "
-        "(compress/passes/refit.py); off: the kept columns stay as they were"
-    )
-    refit_damp: float = Field(
-        DEFAULT_DAMP, gt=0.0, description="how strongly the refit holds the kept columns to their old values (a share "
-        "of the mean activation energy): larger stays closer to plain removal, smaller fits the calibration text harder"
+    selection: Literal["score", "reconstruction"] = Field(
+        "score", description="score: keep the channels with the highest importance scores; reconstruction: remove "
+        "one channel at a time, the one whose loss the refit of the others makes up for best (optimal brain "
+        "surgeon on the down projection's calibration statistics; needs refit, ignores importance)"
     )
 
     @property
@@ -336,12 +376,7 @@ class ChannelPrune(StructuredPrune):
 
     def refit_statistics(self, artifact: Artifact, layout: Layout, ctx: PassContext) -> dict[str, tuple]:
         """Per down projection: (X^T X / tokens, mean input) on the calibration windows, before any removal."""
-        windows = ctx.calibration_windows(artifact.tokenizer)
-        targets = [b.mlp_out for b in layout.blocks]
-        means: dict[str, torch.Tensor] = {}
-        grams = collect_hessians(targets, lambda: run_calibration(artifact.model, windows, desc="channel statistics"),
-                                 means)
-        return {t.name: (grams[t.name], means[t.name]) for t in targets}
+        return kept_input_statistics(artifact, [b.mlp_out for b in layout.blocks], ctx, "channel statistics")
 
     def apply(self, artifact: Artifact, ctx: PassContext) -> dict:
         model = artifact.model
@@ -350,6 +385,9 @@ class ChannelPrune(StructuredPrune):
         before = count_parameters(model)
         keep = self.plan(layout)
         widths = [mlp_width(b) for b in layout.blocks]
+        if self.selection == "reconstruction" and not self.refit:
+            raise UserError("selection: reconstruction chooses the channels the refit compensates best, so it needs "
+                            "refit: true; use selection: score for plain removal")
         refit = self.refit_statistics(artifact, layout, ctx) if self.refit else None
         scores = self.channel_scores(artifact, layout, ctx, refit)
         contributions = self.compensate(artifact, layout, ctx) if self.bias_compensation and refit is None else None
@@ -360,17 +398,20 @@ class ChannelPrune(StructuredPrune):
                     if self.bias_compensation:  # mlp_bias holds for every layer: give this one zero biases
                         add_bias(b, torch.zeros(b.mlp_out.out_features), layout.kind)
                     continue
-                idx = torch.topk(s, k).indices.sort().values
                 full = b.mlp_out.weight.clone()  # (out, in) before removal
+                with_bias = self.bias_compensation or getattr(b.mlp_out.module, "bias", None) is not None
+                if self.selection == "reconstruction":
+                    gram, mean = refit[b.mlp_out.name]
+                    idx = greedy_kept_inputs(full, gram, mean if with_bias else None, k, self.refit_damp)
+                else:
+                    idx = torch.topk(s, k).indices.sort().values
                 for m in b.mlp_in:
                     keep_outputs(m.module, idx)
                 keep_inputs(b.mlp_out.module, idx)
                 if refit is not None:
-                    gram, mean = refit[b.mlp_out.name]
-                    with_bias = self.bias_compensation or getattr(b.mlp_out.module, "bias", None) is not None
-                    weight, delta = refit_kept_inputs(full, gram, mean if with_bias else None, idx, self.refit_damp)
-                    errors.append((relative_output_error(full, gram, mean, idx, full[:, idx]),
-                                   relative_output_error(full, gram, mean, idx, weight, delta)))
+                    weight, delta, error = refit_projection(full, refit[b.mlp_out.name], idx,
+                                                            self.refit_damp, with_bias)
+                    errors.append(error)
                     b.mlp_out.weight.copy_(weight)
                     if delta is not None:
                         add_bias(b, delta, layout.kind)
@@ -393,11 +434,7 @@ class ChannelPrune(StructuredPrune):
             "mlp_width_before": widths[0] if len(set(widths)) == 1 else widths,
             "mlp_width_after": keep[0] if uniform else keep,
             "uniform": uniform,
-            **({"refit": {
-                "mlp_output_error_removed": round(sum(e[0] for e in errors) / len(errors), 6),
-                "mlp_output_error_refit": round(sum(e[1] for e in errors) / len(errors), 6),
-                "note": "mean over pruned layers of E||change of the MLP output||^2 / E||MLP output||^2 on calibration text",
-            }} if errors else {}),
+            **refit_summary(errors, "mlp"),
             "parameters_before": before["parameters"],
             **count_parameters(model),
         }
@@ -411,8 +448,8 @@ def valid_head_ratios(num_heads: int, num_kv: int) -> dict[str, list[float]]:
     }
 
 
-class HeadPrune(StructuredPrune):
-    """Remove attention heads, grouped-query aware (Llama-style models)."""
+class HeadPrune(KeptInputRefit, StructuredPrune):
+    """Remove attention heads, grouped-query aware (Llama-style models; encoders through their own mechanism)."""
 
     name = "head_prune"
 
@@ -421,6 +458,10 @@ class HeadPrune(StructuredPrune):
         "groups", description="groups: remove whole key/value groups with their query heads; "
         "query: remove the same number of query heads from every group"
     )
+
+    @property
+    def needs_calibration(self) -> bool:  # type: ignore[override]
+        return self.importance == "activation" or self.refit
 
     def check_config(self, config) -> None:
         """Refuse a ratio that does not fit the model's head layout, from its config alone (before loading it)."""
@@ -493,17 +534,22 @@ class HeadPrune(StructuredPrune):
     def apply(self, artifact: Artifact, ctx: PassContext) -> dict:
         model = artifact.model
         if is_encoder_model(model):  # through transformers' own pruned_heads (compress.encoders.structure)
-            return prune_encoder_heads(self.ratio, self.mode, self.importance, artifact, ctx)
+            return prune_encoder_heads(self.ratio, self.mode, self.importance, artifact, ctx,
+                                       refit_damp=self.refit_damp if self.refit else None)
         heads, kv, d = self.heads(model)
         k = self.check_ratio(heads, kv)
         layout = model_layout(model)
         before = count_parameters(model)
         group = heads // kv
         scores = self.head_scores(artifact, layout, ctx, heads, kv, d)
+        outputs = [WeightMatrix(f"model.layers.{i}.self_attn.o_proj", b.attn.o_proj) for i, b in enumerate(layout.blocks)]
+        # The kept heads' outputs do not change when others go, so the o_proj inputs measured now are exact.
+        stats = kept_input_statistics(artifact, outputs, ctx, "head statistics") if self.refit else None
+        errors: list[tuple[float, float]] = []
         new_heads = new_kv = 0
         removed = []
         with torch.no_grad():
-            for b, (per_head, per_group) in zip(layout.blocks, scores):
+            for i, (b, (per_head, per_group)) in enumerate(zip(layout.blocks, scores)):
                 if self.mode == "groups":
                     groups = torch.topk(per_group, kv - k).indices.sort().values
                     q_heads = (groups[:, None] * group + torch.arange(group)).flatten()
@@ -515,10 +561,20 @@ class HeadPrune(StructuredPrune):
                 q_rows = (q_heads[:, None] * d + torch.arange(d)).flatten()
                 kv_rows = (groups[:, None] * d + torch.arange(d)).flatten()
                 a = b.attn
+                full = a.o_proj.weight.clone()
                 keep_outputs(a.q_proj, q_rows)
                 keep_outputs(a.k_proj, kv_rows)
                 keep_outputs(a.v_proj, kv_rows)
                 keep_inputs(a.o_proj, q_rows)
+                if stats is not None:
+                    o = outputs[i]
+                    bias = getattr(a.o_proj, "bias", None)
+                    weight, delta, error = refit_projection(full, stats[o.name], q_rows, self.refit_damp,
+                                                            bias is not None)
+                    errors.append(error)
+                    a.o_proj.weight.copy_(weight)
+                    if delta is not None:
+                        bias.add_(delta)
                 new_heads, new_kv = len(q_heads), len(groups)
                 a.num_key_value_groups = new_heads // new_kv
         cfg = model.config
@@ -531,6 +587,7 @@ class HeadPrune(StructuredPrune):
             "heads_after": new_heads,
             "kv_heads_after": new_kv,
             "removed_query_heads_per_layer": removed,
+            **refit_summary(errors, "attention"),
             "parameters_before": before["parameters"],
             **count_parameters(model),
         }

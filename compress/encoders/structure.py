@@ -99,21 +99,19 @@ def prune_encoder_heads(ratio: float, mode: str, importance: str, artifact, ctx,
     scores = head_scores(artifact, ctx, importance)
     pruned = config.pruned_heads or {}
     plan: dict[int, list[int]] = {}
+    layers = model.encoder.layer
+    kept_columns = []  # per layer, the output projection's columns of the heads that stay, in the module's order
     for i, (k, s) in enumerate(zip(remove, scores)):
         # The module's heads, in order, are the original heads not pruned before.
         original = [h for h in range(config.num_attention_heads) if h not in set(pruned.get(i, []))]
         plan[i] = sorted(original[j] for j in torch.topk(s, k, largest=False).indices.tolist())
-    layers = model.encoder.layer
+        d = layers[i].attention.self.attention_head_size
+        kept = [j for j, h in enumerate(original) if h not in set(plan[i])]
+        kept_columns.append((torch.tensor(kept)[:, None] * d + torch.arange(d)).flatten())
     outputs = [WeightMatrix(f"encoder.layer.{i}.attention.output.dense", layer.attention.output.dense)
                for i, layer in enumerate(layers)]
     stats = kept_input_statistics(artifact, outputs, ctx, "head statistics") if refit_damp is not None else None
     before_weights = [o.weight.detach().clone() for o in outputs]
-    kept_columns = []
-    for i, layer in enumerate(layers):  # columns of the heads that stay, in the module's current order
-        original = [h for h in range(config.num_attention_heads) if h not in set(pruned.get(i, []))]
-        d = layer.attention.self.attention_head_size
-        kept = [j for j, h in enumerate(original) if h not in set(plan[i])]
-        kept_columns.append((torch.tensor(kept)[:, None] * d + torch.arange(d)).flatten())
     model.prune_heads(plan)
     errors = []
     if stats is not None:

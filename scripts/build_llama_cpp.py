@@ -62,6 +62,18 @@ def keep_variants(cmake_text: str, keep: list[str]) -> tuple[str, list[str]]:
     return "".join(out), kept
 
 
+def install_stamp(prefix: str) -> Path:
+    """Where the build key of the llama-cpp-python installed in a venv is kept: without it, a change of
+    LLAMA_CPP_VARIANTS or CMAKE_ARGS would keep the old install, whose version alone still matches."""
+    return Path(prefix) / "compress-llama-cpp-build.txt"
+
+
+def installed_matches(stamp: Path, key: str) -> bool:
+    import importlib.util
+
+    return stamp.is_file() and stamp.read_text().strip() == key and importlib.util.find_spec("llama_cpp") is not None
+
+
 def run(cmd: list[str], **kw) -> None:
     subprocess.run(cmd, check=True, **kw)
 
@@ -111,11 +123,16 @@ def main() -> int:
     if "x64" not in variants:
         sys.exit("setup: the CPU variants must include x64, the one that runs everywhere")
     pip = [sys.executable, "-m", "pip"]
-    dest = cache_dir() / build_key(args.version, variants, os.environ.get("CMAKE_ARGS", ""))
+    key = build_key(args.version, variants, os.environ.get("CMAKE_ARGS", ""))
+    stamp = install_stamp(sys.prefix)
+    if installed_matches(stamp, key):
+        return 0
+    dest = cache_dir() / key
     wheels = list(dest.glob("llama_cpp_python-*.whl")) if dest.is_dir() else []
     wheel = wheels[0] if wheels else build_wheel(args.version, variants, dest, pip)
     # --no-deps: its dependencies (numpy, jinja2, diskcache, typing-extensions) come with compress's own install.
     run(pip + ["install", "-q", "--disable-pip-version-check", "--no-deps", "--force-reinstall", str(wheel)])
+    stamp.write_text(key + "\n")
     return 0
 
 

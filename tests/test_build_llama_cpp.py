@@ -53,3 +53,12 @@ def test_the_cached_wheel_is_rebuilt_when_the_flags_or_variants_change():
     assert key != build.build_key("0.3.36", ["x64", "haswell"], "-DGGML_NATIVE=OFF -DGGML_OPENMP=OFF")
     assert key != build.build_key("0.3.36", ["x64", "haswell", "icelake"], "-DGGML_NATIVE=OFF")
     assert key != build.build_key("0.3.37", ["x64", "haswell"], "-DGGML_NATIVE=OFF")
+
+
+def test_an_install_is_kept_only_while_its_build_key_matches(tmp_path):
+    stamp = build.install_stamp(str(tmp_path))
+    key = build.build_key("0.3.36", ["x64", "haswell"], "")
+    assert not build.installed_matches(stamp, key)  # nothing recorded yet: build or reinstall
+    stamp.write_text(key + "\n")
+    assert build.installed_matches(stamp, key)  # llama_cpp is importable in the test environment
+    assert not build.installed_matches(stamp, build.build_key("0.3.36", ["x64", "haswell", "icelake"], ""))

@@ -207,6 +207,32 @@ def ensure_cpu_backend() -> str:
                     + "; rebuild llama-cpp-python with ./setup.sh on this machine")
 
 
+def probed_variant() -> str | None:
+    """The CPU variant `ensure_cpu_backend` picks here, read from its verdicts without loading anything;
+    "built-in" for an ordinary build, None where llama.cpp is not installed or has not been probed yet."""
+    try:
+        files = variant_files()
+    except UserError:
+        return None
+    if not files:
+        return "built-in"
+    try:
+        cache = json.loads(_cache_path().read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    flags = cpu_flags()
+    for name, needs in VARIANTS:
+        path = files.get(name)
+        if path is None or not set(needs) <= flags:
+            continue
+        verdict = cache.get(_cache_key(path))
+        if verdict is None:
+            return None
+        if verdict["works"]:
+            return name
+    return None
+
+
 def backend_report() -> dict[str, str]:
     """Which CPU variant runs and which were skipped, for reports."""
     return {"cpu_variant": _loaded.get("cpu", "not loaded"), "skipped": _loaded.get("refused", "")}

@@ -35,3 +35,10 @@ def test_the_chosen_variant_runs_the_builtin_model_in_this_process():
         model.eval(model.tokenize(b"The capital of France is", add_bos=False))
     finally:
         model.close()
+
+
+@pytest.mark.integration
+def test_reports_name_the_variant_that_was_chosen_without_loading_it_again():
+    if not rt.variant_files():
+        pytest.skip("llama-cpp-python was built without CPU variants")
+    assert rt.probed_variant() == rt.ensure_cpu_backend()  # the probe's verdicts are cached, so they agree

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import re
 import resource
 import sys
 from pathlib import Path
@@ -138,6 +139,39 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The instruction-set extensions that decide which kernels the runtimes pick (oneDNN, MLAS, ggml):
+# speeds and even ratios between runtimes differ between CPUs that differ here.
+_ISA_FLAG = re.compile(r"^(sse4_2|avx|avx2|fma|f16c|avx512\w*|avx_vnni\w*|avx_ne_convert|amx_\w+)$")
+
+
+def cpu_identity() -> dict[str, Any]:
+    """Vendor, family/model numbers and instruction-set flags: the model name alone ("AMD EPYC") can cover
+    CPUs generations apart, with and without AVX-512 or AMX."""
+    fields: dict[str, str] = {}
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if not line.strip():
+                break  # the first processor's block describes them all
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    return {"vendor": fields.get("vendor_id") or platform.machine(), "family": fields.get("cpu family"),
+            "model": fields.get("model"), "isa": sorted(f for f in fields.get("flags", "").split() if _ISA_FLAG.match(f))}
+
+
+def describe_cpu(env: dict[str, Any]) -> str:
+    """One line for reports: model name, family/model, the ISA flags, and llama.cpp's CPU code where known."""
+    ident = env.get("cpu") or {}
+    text = env["cpu_model"]
+    if ident.get("family") is not None:
+        text += f" ({ident['vendor']} family {ident['family']} model {ident['model']})"
+    if ident.get("isa"):
+        text += f"; ISA flags: {' '.join(ident['isa'])}"
+    if env.get("llamacpp_cpu_variant"):
+        text += f"; llama.cpp CPU code: {env['llamacpp_cpu_variant']}"
+    return text
+
+
 def environment() -> dict[str, Any]:
     """Where the numbers were measured: CPU, cores, GPU, threads, library versions, load."""
     import torch
@@ -150,6 +184,7 @@ def environment() -> dict[str, Any]:
         usable = os.cpu_count() or 1
     env: dict[str, Any] = {
         "cpu_model": cpu_model(),
+        "cpu": cpu_identity(),
         "cpu_count": os.cpu_count(),
         "usable_cores": usable,
         "torch_threads_default": torch.get_num_threads(),
@@ -157,6 +192,7 @@ def environment() -> dict[str, Any]:
         "memory_bytes": _total_memory(),
         "gpu": None,
         "versions": library_versions(),
+        "llamacpp_cpu_variant": _llamacpp_variant(),
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
@@ -164,6 +200,15 @@ def environment() -> dict[str, Any]:
                       "cuda": torch.version.cuda, "capability": f"{props.major}.{props.minor}",
                       "memory_bytes": int(props.total_memory), "multiprocessors": int(props.multi_processor_count)}
     return env
+
+
+def _llamacpp_variant() -> str | None:
+    from ..llamacpp_runtime import probed_variant
+
+    try:
+        return probed_variant()
+    except Exception:  # noqa: BLE001 - a report line must never fail the run that it describes
+        return None
 
 
 def _total_memory() -> int | None:

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .metrics import latency_percentiles, summarize
+from .metrics import describe_cpu, latency_percentiles, summarize
 
 REPORT_FILES = ("bench.json", "bench.csv", "bench.md", "bench.png")
 
@@ -299,7 +299,7 @@ def to_markdown(report: dict, plot_file: str | None = None) -> str:
         "",
         f"- **Command**: `{report.get('command') or 'n/a'}`",
         f"- **Date**: {report['created']} (took {report['seconds']:.0f} s)",
-        f"- **Machine**: {env['cpu_model']}, {env['usable_cores']} usable cores"
+        f"- **Machine**: {describe_cpu(env)}, {env['usable_cores']} usable cores"
         + (f"; GPU {env['gpu']['name']}" if env.get("gpu") else "; no GPU")
         + f"; threads per measurement: {s['threads'] or 'all cores'}",
         f"- **Load average** (1/5/15 min) at start {env.get('load_average_start')}, at end {env.get('load_average_end')}"

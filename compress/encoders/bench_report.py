@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..bench.metrics import latency_percentiles, percentile, summarize
+from ..bench.metrics import describe_cpu, latency_percentiles, percentile, summarize
 from ..bench.report import _f, _mb, _median, _ratio, _spread, _x, pareto_front, rows_to_csv
 
 SCHEMA_PATH = Path(__file__).with_name("bench_schema.json")
@@ -127,7 +127,7 @@ def to_markdown(report: dict, plot_file: str | None = None) -> str:
         "",
         f"- **Command**: `{report.get('command') or 'n/a'}`",
         f"- **Date**: {report['created']} (took {report['seconds']:.0f} s)",
-        f"- **Machine**: {env['cpu_model']}, {env['usable_cores']} usable cores; threads per measurement: "
+        f"- **Machine**: {describe_cpu(env)}, {env['usable_cores']} usable cores; threads per measurement: "
         f"{s['threads'] or 'all cores'}",
         f"- **Load average** (1/5/15 min) at start {env.get('load_average_start')}, at end "
         f"{env.get('load_average_end')} — other jobs share this machine when it is above zero; compare ratios, not "

@@ -8,7 +8,7 @@ from encoder_fixtures import bert_tokenizer, tiny_bert, tiny_bert_dir  # noqa: F
 
 from compress.passes.base import CalibrationData, PassContext, build_pass  # first: it registers the passes
 from compress.encoders.distill import mask_tokens  # noqa: E402  (isort: skip)
-from compress.encoders.sentences import random_passages  # noqa: E402
+from compress.encoders.sentences import random_passages, random_vocabulary_passages, vocabulary_words  # noqa: E402
 from compress.errors import UserError  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread_fresh_calibration")
@@ -39,6 +39,25 @@ def test_a_text_without_long_enough_paragraphs_gives_no_passages():
     assert random_passages("too short\n\nalso short", 10, min_words=4) == []
 
 
+def test_vocabulary_words_are_whole_words_of_letters_without_special_tokens_or_pieces(bert_tokenizer):
+    words = vocabulary_words(bert_tokenizer)
+    assert words and words == sorted(set(words))
+    assert all(w.isalpha() and len(w) >= 2 for w in words)
+    vocab = bert_tokenizer.get_vocab()
+    assert all(w in vocab for w in words)  # each one is a token of its own, so it reaches that token's embedding
+    assert not {t.strip("[]").lower() for t in bert_tokenizer.all_special_tokens} & {w.lower() for w in words}
+
+
+def test_vocabulary_passages_draw_their_words_from_the_list_by_the_seed_alone():
+    words = ["alpha", "beta", "gamma", "delta", "epsilon"]
+    passages = random_vocabulary_passages(words, 100, min_words=2, max_words=6, seed=5)
+    assert len(passages) == 100
+    assert all(2 <= len(p.split()) <= 6 and set(p.split()) <= set(words) for p in passages)
+    assert passages == random_vocabulary_passages(words, 100, min_words=2, max_words=6, seed=5)
+    assert passages != random_vocabulary_passages(words, 100, min_words=2, max_words=6, seed=6)
+    assert random_vocabulary_passages([], 10) == []
+
+
 def test_masking_replaces_only_real_non_special_tokens_at_about_the_share():
     ids = torch.tensor([[101] + list(range(1000, 1400)) + [102, 0, 0]])
     mask = torch.tensor([[1] * 402 + [0, 0]])
@@ -58,9 +77,11 @@ def test_distillation_trains_on_sentences_plus_passages_with_masking(tiny_bert, 
                                 f"and then the function returns its value number {i}." for i in range(12)))
     ctx = PassContext(CalibrationData(source=str(text), samples=2, seq_len=64))
     trained = build_pass("embedding_distill", {"steps": 3, "batch_size": 4, "seq_len": 32, "passages": 30,
-                                                "mask_share": 0.2, "warmup_steps": 0})(tiny_bert, ctx)
+                                                "vocabulary_passages": 20, "mask_share": 0.2,
+                                                "warmup_steps": 0})(tiny_bert, ctx)
     data = trained.passes[-1]["metrics"]["train_data"]
     assert data["passages"] == 30 and data["sentences"] >= 2
+    assert data["vocabulary_passages"] == 20 and data["vocabulary_words"] > 0
 
 
 def test_masking_without_a_mask_token_is_refused_in_one_line(tiny_bert, monkeypatch):

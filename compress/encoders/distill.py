@@ -18,7 +18,9 @@ tokens with [CLS]/[SEP] as in use, padded per batch. Two ways to show the
 student more kinds of input from the same text, since a student fitted to a
 few thousand sentences learns their domain rather than the teacher:
 ``passages`` adds that many random runs of 4 to 64 consecutive words
-(crossing sentence boundaries, code and lists included), and ``mask_share``
+(crossing sentence boundaries, code and lists included), ``vocabulary_passages``
+adds runs of words drawn at random from the tokenizer's vocabulary (nonsense,
+but it reaches the words the training text lacks), and ``mask_share``
 replaces that share of each batch's words with the mask token, freshly drawn
 every step, for teacher and student alike (the teacher's output on the
 corrupted input is still the target). The loop is the
@@ -42,7 +44,8 @@ from ..errors import UserError
 from ..passes.base import Pass, PassContext
 from ..passes.distillation import TeacherTraining
 from .pooling import Pooling, pool
-from .sentences import SentenceSpec, load_sentences, max_tokens, random_passages
+from .sentences import SentenceSpec, load_sentences, max_tokens, random_passages, random_vocabulary_passages
+from .sentences import vocabulary_words
 
 EmbeddingLoss = Literal["cosine", "mse"]
 
@@ -75,6 +78,8 @@ class EmbeddingTrainConfig(EmbeddingLossConfig, OptimizationConfig):
     lr: float = Field(5e-5, gt=0.0)
     warmup_steps: int = Field(20, ge=0)
     passages: int = Field(0, ge=0, description="random word runs of the training text added to its sentences")
+    vocabulary_passages: int = Field(0, ge=0, description="runs of words drawn at random from the tokenizer's "
+                                     "vocabulary added to the sentences")
     mask_share: float = Field(0.0, ge=0.0, lt=1.0, description="share of tokens replaced by the mask token, per step")
 
 
@@ -104,7 +109,7 @@ class SentenceBatches:
 
 
 def training_sentences(tokenizer, calibration, seq_len: int, count: int | None = None, passages: int = 0,
-                       seed: int = 0) -> SentenceBatches:
+                       seed: int = 0, vocabulary_passages: int = 0) -> SentenceBatches:
     sentences = load_sentences(SentenceSpec.from_text(calibration, sentences=count))
     texts = list(sentences.texts)
     provenance = {**sentences.provenance, "seq_len": seq_len}
@@ -113,6 +118,11 @@ def training_sentences(tokenizer, calibration, seq_len: int, count: int | None =
 
         texts += random_passages(load_text(calibration).text, passages, seed=seed)
         provenance["passages"] = len(texts) - len(sentences.texts)
+    if vocabulary_passages:
+        words = vocabulary_words(tokenizer)
+        texts += random_vocabulary_passages(words, vocabulary_passages, seed=seed)
+        provenance["vocabulary_passages"] = vocabulary_passages
+        provenance["vocabulary_words"] = len(words)
     tensors = dict(tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt"))
     return SentenceBatches(tensors, provenance)
 
@@ -211,7 +221,8 @@ class EmbeddingDistill(EmbeddingTrainConfig, TeacherTraining, Pass):
             raise UserError(f"seq_len {config.seq_len} is longer than the model takes ({length} tokens); "
                             f"use seq_len {length} or less")
         data = training_sentences(artifact.tokenizer, ctx.calibration, config.seq_len, self.train_sentences,
-                                  passages=config.passages, seed=config.seed)
+                                  passages=config.passages, seed=config.seed,
+                                  vocabulary_passages=config.vocabulary_passages)
         layer_map = student_layer_map(artifact, teacher) if config.hidden_weight > 0 else None
         trainer = EmbeddingTrainer(artifact.model, teacher.model, data, config, artifact.pooling,
                                    checkpoint_dir=self.checkpoint_dir if config.checkpoint_every or self.resume else None,

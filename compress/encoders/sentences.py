@@ -96,6 +96,35 @@ def random_passages(text: str, count: int, min_words: int = 4, max_words: int = 
     return out
 
 
+def vocabulary_words(tokenizer) -> list[str]:
+    """The tokenizer's whole words: tokens that read as letters alone (no special tokens, no ``##`` pieces)."""
+    special = set(tokenizer.all_special_ids)
+    words = set()
+    for token, index in tokenizer.get_vocab().items():
+        if index in special:
+            continue
+        word = tokenizer.convert_tokens_to_string([token]).strip()
+        if len(word) >= 2 and word.isalpha():
+            words.add(word)
+    return sorted(words)  # sorted: the draw depends on the seed alone, not on the vocabulary's order
+
+
+def random_vocabulary_passages(words: list[str], count: int, min_words: int = 4, max_words: int = 64,
+                               seed: int = 0) -> list[str]:
+    """`count` runs of `min_words` to `max_words` words drawn uniformly from `words` (with `seed`).
+
+    Nonsense as prose, but they reach the words that the training text never
+    uses: on them the student still has to give the teacher's embedding, which
+    is what it will be asked on text of another domain.
+    """
+    import random
+
+    if not words:
+        return []
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(words, k=rng.randint(min_words, max_words))) for _ in range(count)]
+
+
 def load_sentences(spec: SentenceSpec) -> Sentences:
     loaded = load_text(spec)
     texts = split_sentences(loaded.text, spec.min_words, spec.max_words, spec.sentences)

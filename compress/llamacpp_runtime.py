@@ -154,6 +154,16 @@ def probe_variant(path: Path, timeout: float = 120.0) -> tuple[bool, str]:
     return False, f"exit {done.returncode}: {lines[-1][:200] if lines else 'no output'}"
 
 
+def _candidates(files: dict[str, Path]):
+    """(name, file) of each built variant whose ISA this CPU has, best first: the order both the loader and
+    the reports walk."""
+    flags = cpu_flags()
+    for name, needs in VARIANTS:
+        path = files.get(name)
+        if path is not None and set(needs) <= flags:
+            yield name, path
+
+
 def ensure_cpu_backend() -> str:
     """Load the best CPU variant that runs here into this process (once); return its name.
 
@@ -166,17 +176,13 @@ def ensure_cpu_backend() -> str:
     if not files:
         _loaded["cpu"] = "built-in"
         return "built-in"
-    flags = cpu_flags()
     cache_file = _cache_path()
     try:
         cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     except (OSError, json.JSONDecodeError):
         cache = {}
     refused = []
-    for name, needs in VARIANTS:
-        path = files.get(name)
-        if path is None or not set(needs) <= flags:
-            continue
+    for name, path in _candidates(files):
         key = _cache_key(path)
         verdict = cache.get(key)
         if verdict is None:
@@ -220,11 +226,7 @@ def probed_variant() -> str | None:
         cache = json.loads(_cache_path().read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    flags = cpu_flags()
-    for name, needs in VARIANTS:
-        path = files.get(name)
-        if path is None or not set(needs) <= flags:
-            continue
+    for name, path in _candidates(files):
         verdict = cache.get(_cache_key(path))
         if verdict is None:
             return None

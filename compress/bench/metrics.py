@@ -130,13 +130,21 @@ def directory_size(path: str | os.PathLike | None) -> dict[str, int] | None:
     return {"weights_bytes": weights, "total_bytes": total}
 
 
-def cpu_model() -> str:
+def _cpuinfo_fields() -> dict[str, str]:
+    """The first processor's block of /proc/cpuinfo (it describes them all); empty where there is none."""
+    fields: dict[str, str] = {}
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            fields[key.strip().lower()] = value.strip()
+    return fields
+
+
+def cpu_model() -> str:
+    return _cpuinfo_fields().get("model name") or platform.processor() or platform.machine()
 
 
 # The instruction-set extensions that decide which kernels the runtimes pick (oneDNN, MLAS, ggml):
@@ -147,14 +155,7 @@ _ISA_FLAG = re.compile(r"^(sse4_2|avx|avx2|fma|f16c|avx512\w*|avx_vnni\w*|avx_ne
 def cpu_identity() -> dict[str, Any]:
     """Vendor, family/model numbers and instruction-set flags: the model name alone ("AMD EPYC") can cover
     CPUs generations apart, with and without AVX-512 or AMX."""
-    fields: dict[str, str] = {}
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if not line.strip():
-                break  # the first processor's block describes them all
-            key, _, value = line.partition(":")
-            fields[key.strip()] = value.strip()
+    fields = _cpuinfo_fields()
     return {"vendor": fields.get("vendor_id") or platform.machine(), "family": fields.get("cpu family"),
             "model": fields.get("model"), "isa": sorted(f for f in fields.get("flags", "").split() if _ISA_FLAG.match(f))}
 

@@ -303,6 +303,8 @@ def test_the_command_line_quantizes_the_head_with_head(tiny_llama_dir, tmp_path)
     (["--method", "bnb-nf4", "--no-act-order"], "--act-order/--no-act-order only applies to --method gptq"),
     (["--method", "gptq", "--grid", "q4_0", "--int4-algorithm", "hqq"], "--int4-algorithm"),
     (["--method", "ort-int8", "--head"], "--head only applies to --method gptq"),
+    (["--method", "gptq", "--grid", "q4_0", "--head-grid", "q5_0"], "--head-grid is the output head's grid"),
+    (["--method", "gptq", "--grid", "q4_0", "--head", "--head-grid", "int8"], "belong to different runtimes"),
 ])
 def test_bad_option_combinations_are_one_line_errors(tiny_llama_dir, tmp_path, capsys, args, message):
     assert main(["quantize", str(tiny_llama_dir), *args, "-o", str(tmp_path / "out")]) == 2
@@ -343,6 +345,38 @@ def test_head_option_unties_a_tied_head_and_leaves_the_embeddings_float(tiny_lla
     assert tensors["output.weight"].tensor_type == gguf.GGMLQuantizationType.Q4_0
     assert np.array_equal(np.asarray(tensors["output.weight"].data).reshape(-1), head_blocks[1].reshape(-1))
     assert tensors["token_embd.weight"].tensor_type == gguf.GGMLQuantizationType.Q8_0
+
+
+def test_head_grid_puts_the_head_on_its_own_grid_and_the_gguf_writes_both_types(tiny_llama, ctx, tmp_path):
+    """head_grid: q5_0 on a q4_0 model: every projection is on q4_0, the head on q5_0, the blocks of each decode to
+    the weights GPTQ set, and the GGUF file holds each matrix at its own blocks' type."""
+    import gguf
+
+    from compress.saving import save_artifact
+
+    result = GptqQuantize(grid="q4_0", head=True, head_grid="q5_0")(tiny_llama, ctx)
+    types = {name: entry[0] for name, entry in result.quantized_blocks.items()}
+    assert types.pop("lm_head.weight") == "q5_0"
+    assert types and set(types.values()) == {"q4_0"}
+    for name, entry in result.quantized_blocks.items():
+        weight = result.model.get_parameter(name).detach().numpy()
+        assert np.array_equal(dequantize_entry(entry), weight), name
+    assert result.passes[-1]["metrics"]["head_grid"] == "q5_0"
+
+    exported = build_pass("gguf_export", {"type": "q4_0", "check": False})(result)
+    tensors = {t.name: t for t in gguf.GGUFReader(save_artifact(exported, tmp_path / "mixed.gguf")).tensors}
+    assert tensors["output.weight"].tensor_type == gguf.GGMLQuantizationType.Q5_0
+    assert tensors["blk.0.ffn_down.weight"].tensor_type == gguf.GGMLQuantizationType.Q4_0
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"grid": "q4_0", "head_grid": "q5_0"}, "needs head: true"),
+    ({"grid": "q4_0", "head": True, "head_grid": "int8"}, "different runtimes"),
+    ({"grid": "q4_0", "head": True, "head_grid": "q4_1", "keep_sparsity": True}, "0 is exact"),
+])
+def test_a_head_grid_that_cannot_apply_is_refused(config, message):
+    with pytest.raises(ValueError, match=message):
+        GptqQuantize(**config)
 
 
 def test_head_option_on_an_untied_head_quantizes_it_in_place(tiny_llama_dir, ctx, tiny_tokenizer):

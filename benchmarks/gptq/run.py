@@ -53,6 +53,8 @@ def parse_args(argv=None):
     ap.add_argument("--damp", type=float, default=None, help="GPTQ Hessian dampening (default: the pass's)")
     ap.add_argument("--head", action="store_true",
                     help="GPTQ also quantizes the output head (untied; the embeddings stay float for the writer)")
+    ap.add_argument("--head-grid", default=None,
+                    help="with --head: the head's own grid (e.g. q5_0 for a q4_0 body; default: --grid)")
     ap.add_argument("--variants", default="rtn,gptq,gptq-act", help=f"comma-separated: {', '.join(VARIANTS)}")
     ap.add_argument("--wiki", default=str(WIKI))
     ap.add_argument("--calib-text", default="builtin",
@@ -100,7 +102,8 @@ def build(name: str, args, base):
             for t in weight_matrices(variant.model):
                 t.weight.copy_(grid.round_to_nearest(t.weight, clip_search=name == "rtn-clip")[0])
     else:
-        options = {**VARIANTS[name], **({"damp": args.damp} if args.damp is not None else {}), "head": args.head}
+        options = {**VARIANTS[name], **({"damp": args.damp} if args.damp is not None else {}), "head": args.head,
+                   **({"head_grid": args.head_grid} if args.head_grid else {})}
         gptq = GptqQuantize(grid=args.grid, block_size=args.block_size,
                             symmetric=False if args.asymmetric else None, **options)
         calibration = CalibrationData(source=calibration_source(args), samples=args.calib_samples,
@@ -135,7 +138,8 @@ def main(argv=None) -> None:
     results_dir.mkdir(parents=True, exist_ok=True)
     label = args.grid + (f"-b{args.block_size}" if args.block_size else "") + ("-asym" if args.asymmetric else "") \
         + ("" if args.calib_text == "builtin" else f"-calib-{Path(args.calib_text).stem}") \
-        + ("" if args.damp is None else f"-damp{args.damp:g}") + ("-head" if args.head else "")
+        + ("" if args.damp is None else f"-damp{args.damp:g}") + ("-head" if args.head else "") \
+        + (f"-{args.head_grid}" if args.head_grid else "")
     rows, variants = [], {}
     for name in args.variants.split(","):
         variant, seconds = build(name, args, base)

@@ -21,7 +21,8 @@ FAST_GRAPH_METHODS = ("ort-int8", "ort-int4")
 # Options of --method gptq only, as (parameter, flag): refused with the other methods when given.
 GPTQ_ONLY = (("grid", "--grid"), ("asymmetric", "--asymmetric"), ("act_order", "--act-order/--no-act-order"),
              ("clip_search", "--clip-search"), ("damp", "--damp"), ("sequential", "--sequential/--one-shot"),
-             ("keep_sparsity", "--keep-sparsity"), ("head", "--head"), ("tune_steps", "--tune-steps"))
+             ("keep_sparsity", "--keep-sparsity"), ("head", "--head"), ("head_grid", "--head-grid"),
+             ("tune_steps", "--tune-steps"))
 # Options of --method only (every method's), refused with --target-kl when given.
 METHOD_ONLY = (("keep", "--keep"), ("keep_first", "--keep-first"), ("keep_last", "--keep-last"),
                ("device", "--device"), ("double_quant", "--double-quant/--no-double-quant"),
@@ -46,7 +47,8 @@ def refuse_given(options: tuple[tuple[str, str], ...], applies_to: str, not_to: 
 
 def build_gptq_pass(grid: str | None, block_size: int, asymmetric: bool, act_order: bool | None, clip_search: bool,
                     damp: float | None, sequential: bool | None, keep_sparsity: bool, keep: tuple[str, ...],
-                    keep_first, keep_last, int4_algorithm: str, reduce_range: bool, head: bool = False):
+                    keep_first, keep_last, int4_algorithm: str, reduce_range: bool, head: bool = False,
+                    head_grid: str | None = None):
     """The gptq_quantize pass for `--method gptq`, validated (one-line UserError on a bad combination)."""
     from ..errors import UserError
     from ..passes.base import build_pass
@@ -59,10 +61,17 @@ def build_gptq_pass(grid: str | None, block_size: int, asymmetric: bool, act_ord
     if keep_first is not None or keep_last is not None:
         raise UserError("--keep-first/--keep-last are not available with --method gptq; leave modules in float "
                         "with --keep GLOB")
+    if head_grid is not None and not head:
+        raise UserError("--head-grid is the output head's grid, so it needs --head")
+    if head_grid is not None and (head_grid in GGUF_TYPES) != (grid in GGUF_TYPES):
+        raise UserError(f"--head-grid {head_grid} and --grid {grid} belong to different runtimes; choose both from "
+                        "the GGUF types or both from int4/int8")
     if int4_algorithm != "rtn" or reduce_range:
         raise UserError("--int4-algorithm and --reduce-range apply to ort-optimum-int4 / ort-dynamic-int8, not to --method gptq")
     config = {"grid": grid, "block_size": block_size, "clip_search": clip_search, "keep_sparsity": keep_sparsity,
               "exclude": list(keep) or None, "head": head}
+    if head_grid is not None:
+        config["head_grid"] = head_grid
     if act_order is not None:
         config["act_order"] = act_order
     if asymmetric:
@@ -243,6 +252,9 @@ def _json_config(directory: Path) -> dict:
 @click.option("--head", is_flag=True,
               help="gptq: also quantize the output head; a tied head is untied, the input embeddings staying float "
                    "(export them at q8_0: a lookup costs no decode time).")
+@click.option("--head-grid", type=click.Choice(GRID_NAMES), default=None,
+              help="gptq with --head: the head's own grid (default: --grid), e.g. q5_0 for a q4_0 model, which keeps "
+                   "most of q4_0's speed and much of a q8_0 head's quality.")
 @click.option("--tune-steps", type=click.IntRange(min=0), default=0, show_default=True,
               help="gptq: then train the block scales and norms (codes fixed) for N steps against MODEL on the "
                    "calibration text (tune_scales; 150 is about 15-30 minutes for the built-in model on 2 cores).")
@@ -252,7 +264,7 @@ def _json_config(directory: Path) -> dict:
 @output_options
 def command(model: str, method: str | None, keep, keep_first, keep_last, device, double_quant, compute_dtype, block_size,
             reduce_range, int4_algorithm, grid, asymmetric, act_order, clip_search, damp, sequential, keep_sparsity,
-            head, tune_steps, max_kl, min_top1, min_cosine, min_top10, fail_on_damage, output, force, trust_remote_code, target_kl,
+            head, head_grid, tune_steps, max_kl, min_top1, min_cosine, min_top10, fail_on_damage, output, force, trust_remote_code, target_kl,
             types, search_windows, check_windows, blocks_from, **data) -> None:
     """Quantize MODEL and check the result against it on evaluation text.
 
@@ -313,7 +325,8 @@ def command(model: str, method: str | None, keep, keep_first, keep_last, device,
     check_device(device)
     if method == "gptq":
         quant = build_gptq_pass(grid, block_size, asymmetric, act_order, clip_search, damp, sequential,
-                                keep_sparsity, keep, keep_first, keep_last, int4_algorithm, reduce_range, head)
+                                keep_sparsity, keep, keep_first, keep_last, int4_algorithm, reduce_range, head,
+                                head_grid)
     else:
         refuse_given(GPTQ_ONLY, "--method gptq", method)
         quant = build_quantize_pass(method, keep, keep_first, keep_last, device, double_quant, compute_dtype,

@@ -70,7 +70,7 @@ from pydantic import Field, model_validator
 
 from ..artifact import Artifact
 from ..errors import UserError
-from ..layers import WeightMatrix, untie_output_head, weight_matrices
+from ..layers import WeightMatrix, output_head_names, untie_output_head, weight_matrices
 from ..progress import progress
 from ..quant_grids import GRID_NAMES, Grid, dequantize_entry
 from .base import Pass, PassContext
@@ -198,6 +198,8 @@ class GptqQuantize(Pass):
                              "blocks already quantized (false: one calibration pass of the float model)")
     head: bool = Field(False, description="also quantize the output head (calibrated last; a tied head is "
                        "untied first, the input embeddings keeping their float values)")
+    head_grid: GridName | None = Field(None, description="the output head's own grid when head is true (default: "
+                                       "`grid`); e.g. q5_0 or q8_0 for the head of a q4_0 model")
     include: list[str] | None = Field(None, description="glob patterns of module names to quantize "
                                       "(default: every projection, and the output head when head is true)")
     exclude: list[str] | None = None
@@ -210,11 +212,31 @@ class GptqQuantize(Pass):
                              "(use q4_0, q5_0, q8_0 or int4 / int8)")
         return self
 
+    @model_validator(mode="after")
+    def _head_grid_needs_head(self):
+        if self.head_grid is not None and not self.head:
+            raise ValueError("head_grid is the output head's grid, so it needs head: true")
+        if self.head_grid is not None and Grid.named(self.head_grid).runtime != Grid.named(self.grid).runtime:
+            raise ValueError(f"head_grid {self.head_grid} and grid {self.grid} belong to different runtimes (GGUF "
+                             "types or MatMulNBits int4/int8); one file holds one runtime's blocks")
+        if self.head_grid is not None and self.keep_sparsity and not Grid.named(self.head_grid).has_exact_zero:
+            raise ValueError(f"keep_sparsity needs a grid on which 0 is exact; head_grid {self.head_grid} decodes "
+                             "d * q + m (use q4_0, q5_0, q8_0 or int4 / int8)")
+        return self
+
     def target_grid(self) -> Grid:
         if self.grid in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0") and self.symmetric is not None:
             raise ValueError(f"symmetric applies to int4/int8; {self.grid} has its own "
                              f"({'asymmetric' if self.grid in ('q4_1', 'q5_1') else 'symmetric'})")
         return Grid.named(self.grid, self.block_size, self.symmetric)
+
+    def head_target_grid(self) -> Grid:
+        """The output head's grid: `head_grid` in `grid`'s block size and symmetry where they apply, else `grid`."""
+        if self.head_grid is None:
+            return self.target_grid()
+        if self.head_grid in ("int4", "int8"):
+            return Grid.named(self.head_grid, self.block_size, self.symmetric)
+        return Grid.named(self.head_grid)
 
     def targets(self, model) -> list[WeightMatrix]:
         found = list(weight_matrices(model, self.include, self.exclude, include_lm_head=self.head))
@@ -230,7 +252,13 @@ class GptqQuantize(Pass):
         grid = self.target_grid()
         untied = untie_output_head(artifact.model) if self.head else False
         targets = self.targets(artifact.model)
-        unfit = [(t, grid.check_width(t.in_features)) for t in targets if grid.check_width(t.in_features)]
+        heads = output_head_names(artifact.model)
+        head_grid = self.head_target_grid()
+
+        def grid_of(t: WeightMatrix) -> Grid:
+            return head_grid if t.name in heads else grid
+
+        unfit = [(t, grid_of(t).check_width(t.in_features)) for t in targets if grid_of(t).check_width(t.in_features)]
         if unfit:
             listed = ", ".join(f"{t.name} ({t.in_features})" for t, _ in unfit[:3])
             raise UserError(f"{self.name}: {unfit[0][1]}; these are not: {listed}; exclude them or choose an "
@@ -252,14 +280,15 @@ class GptqQuantize(Pass):
                 stacked = torch.cat([t.weight.detach().float() for t in shared])
                 zeros = (stacked == 0) if self.keep_sparsity else None
                 zero_counts[0] += int((stacked == 0).sum())
-                chosen = gptq_quantize_matrix(stacked, hessian, grid, self.act_order, self.update_block,
+                matrix_grid = grid_of(shared[0])  # a shared group is one module kind: all head or none
+                chosen = gptq_quantize_matrix(stacked, hessian, matrix_grid, self.act_order, self.update_block,
                                               self.damp, self.clip_search, zeros)
                 zero_counts[1] += int((chosen.values == 0).sum())
                 start = 0
                 for t in shared:
                     part = chosen.rows(start, start + t.out_features)
                     start += t.out_features
-                    rounded = grid.round_to_nearest(t.weight, self.clip_search)[0]
+                    rounded = matrix_grid.round_to_nearest(t.weight, self.clip_search)[0]
                     per_layer[t.name] = {"gptq": round(output_error(t.weight, part.values, hessian), 6),
                                          "round_to_nearest": round(output_error(t.weight, rounded, hessian), 6)}
                     self._store(artifact, t, part)
@@ -271,7 +300,8 @@ class GptqQuantize(Pass):
         else:
             quantize_group(targets, lambda: run_calibration(model, windows, f"{self.name} calibration"))
         weights = sum(t.weight.numel() for t in targets)
-        return {**self.report(grid, per_layer), "sparsity_before": round(zero_counts[0] / weights, 6),
+        head_record = {"head_grid": head_grid.label} if self.head else {}
+        return {**self.report(grid, per_layer), **head_record, "sparsity_before": round(zero_counts[0] / weights, 6),
                 "sparsity_after": round(zero_counts[1] / weights, 6), "head_untied": untied}
 
     @staticmethod

@@ -20,7 +20,11 @@ reference for layout and decoding; blocks of 32, d and m stored as float16):
 * q5_0 (22 bytes): d f16, qh (4 bytes, a little-endian uint32 whose bit j is
   bit 4 of code j), 16 bytes of low nibbles as q4_0; value d * (q - 16), codes 0..31;
 * q5_1 (24 bytes): d f16, m f16, qh, 16 bytes; value d * q + m, codes 0..31;
-* q8_0 (34 bytes): d f16, 32 int8 codes; value d * q, codes -127..127.
+* q8_0 (34 bytes): d f16, 32 int8 codes; value d * q, codes -127..127;
+* iq4_nl (18 bytes): d f16, 16 bytes as q4_0; value d * LEVEL[q], codes 0..15, with llama.cpp's fixed
+  non-uniform levels (-127 ... 113, denser near 0, as weights are). Same size and block as q4_0, and
+  llama.cpp decodes it about as fast (benchmarks/gptq/README.md), so where q4_0 fits, it fits, with a
+  grid that wastes fewer codes on the tails. No level is 0, so a pruned model's zeros cannot be kept on it.
 
 The raw blocks of a matrix are a uint8 array of shape (N, K / 32 * bytes per
 block): row r holds its K / 32 blocks in order, exactly what
@@ -65,15 +69,20 @@ from typing import Any
 import numpy as np
 import torch
 
-GGUF_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0")
+GGUF_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0")  # uniform grids, which the gguf package also quantizes
+CODEBOOK_TYPES = ("iq4_nl",)  # GGUF types whose codes index fixed levels; only a calibrated quantizer writes them
+GGUF_GRID_TYPES = GGUF_TYPES + CODEBOOK_TYPES
 MATMULNBITS_TYPES = ("int4", "int8")
-GRID_NAMES = GGUF_TYPES + MATMULNBITS_TYPES
+GRID_NAMES = GGUF_GRID_TYPES + MATMULNBITS_TYPES
 GGUF_BLOCK = 32
 MATMULNBITS_BLOCKS = (32, 64, 128)
 MATMULNBITS_TAG = "matmulnbits"
 CLIP_SHRINKS = tuple(1.0 - 0.02 * i for i in range(16))  # 1.00 .. 0.70
 
-_GGUF_BYTES = {"q4_0": 18, "q4_1": 20, "q5_0": 22, "q5_1": 24, "q8_0": 34}
+_GGUF_BYTES = {"q4_0": 18, "q4_1": 20, "q5_0": 22, "q5_1": 24, "q8_0": 34, "iq4_nl": 18}
+# llama.cpp's kvalues_iq4nl (ggml-common.h; the gguf package's IQ4_NL.kvalues): the value of each 4-bit code, times d.
+IQ4_NL_LEVELS = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
+_SYMMETRIC_GGUF = ("q4_0", "q5_0", "q8_0", "iq4_nl")
 
 
 @dataclass(frozen=True)
@@ -91,7 +100,7 @@ class Grid:
             if self.block_size != GGUF_BLOCK:
                 raise ValueError(f"GGUF {self.kind} blocks hold {GGUF_BLOCK} weights; block_size {self.block_size} "
                                  "is not available")
-            if self.symmetric != (self.kind in ("q4_0", "q5_0", "q8_0")):
+            if self.symmetric != (self.kind in _SYMMETRIC_GGUF):
                 raise ValueError(f"{self.kind} is {'symmetric' if not self.symmetric else 'asymmetric'} by definition")
         elif self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise ValueError(f"MatMulNBits block_size must be a power of two >= 16, got {self.block_size}")
@@ -100,18 +109,18 @@ class Grid:
     @classmethod
     def named(cls, kind: str, block_size: int | None = None, symmetric: bool | None = None) -> "Grid":
         """A grid with the runtime's defaults for what is not given (GGUF: 32 and the type's symmetry)."""
-        if kind in GGUF_TYPES:
-            return cls(kind, block_size or GGUF_BLOCK, kind in ("q4_0", "q5_0", "q8_0") if symmetric is None
+        if kind in GGUF_GRID_TYPES:
+            return cls(kind, block_size or GGUF_BLOCK, kind in _SYMMETRIC_GGUF if symmetric is None
                        else symmetric)
         return cls(kind, block_size or 32, True if symmetric is None else symmetric)
 
     @property
     def runtime(self) -> str:
-        return "gguf" if self.kind in GGUF_TYPES else MATMULNBITS_TAG
+        return "gguf" if self.kind in GGUF_GRID_TYPES else MATMULNBITS_TAG
 
     @property
     def bits(self) -> int:
-        return {"q4_0": 4, "q4_1": 4, "q5_0": 5, "q5_1": 5, "q8_0": 8, "int4": 4, "int8": 8}[self.kind]
+        return {"q4_0": 4, "q4_1": 4, "q5_0": 5, "q5_1": 5, "q8_0": 8, "iq4_nl": 4, "int4": 4, "int8": 8}[self.kind]
 
     @property
     def label(self) -> str:
@@ -125,9 +134,15 @@ class Grid:
         return self.kind in ("q4_1", "q5_1")
 
     @property
+    def levels(self) -> torch.Tensor | None:
+        """The value of each code in units of the block's scale, for a codebook grid (iq4_nl); None when uniform."""
+        return torch.tensor(IQ4_NL_LEVELS, dtype=torch.float32) if self.kind == "iq4_nl" else None
+
+    @property
     def has_exact_zero(self) -> bool:
-        """Whether 0 is a point of every block's grid (its zero point's code); q4_1 / q5_1 decode d * q + m."""
-        return not self.uses_min
+        """Whether 0 is a point of every block's grid (its zero point's code); q4_1 / q5_1 decode d * q + m,
+        and iq4_nl has no level at 0."""
+        return not self.uses_min and self.kind not in CODEBOOK_TYPES
 
     @property
     def code_range(self) -> tuple[int, int]:
@@ -140,7 +155,7 @@ class Grid:
         """The zero point every block shares (None: per block, or a minimum instead)."""
         if self.uses_min or (self.runtime == MATMULNBITS_TAG and not self.symmetric):
             return None
-        return 0 if self.kind == "q8_0" else 2 ** (self.bits - 1)
+        return 0 if self.kind in ("q8_0",) + CODEBOOK_TYPES else 2 ** (self.bits - 1)
 
     @property
     def scale_dtype(self) -> torch.dtype:
@@ -175,6 +190,10 @@ class Grid:
             return scale, zero
         if self.kind == "q8_0":
             return self._stored(w.abs().max(dim=1).values * shrink / 127), torch.zeros(w.shape[0], device=w.device)
+        if self.kind == "iq4_nl":
+            # The signed value of largest magnitude on the most negative level (-127), as llama.cpp's first try.
+            signed = w.gather(1, w.abs().argmax(dim=1, keepdim=True)).squeeze(1) * shrink
+            return self._stored(signed / IQ4_NL_LEVELS[0]), torch.zeros(w.shape[0], device=w.device)
         # Symmetric with the largest magnitude on the most negative code, as the runtimes' own quantizers.
         signed = w.gather(1, w.abs().argmax(dim=1, keepdim=True)).squeeze(1) * shrink
         half = 2 ** (self.bits - 1)
@@ -202,6 +221,10 @@ class Grid:
         if x.dim() == 2:
             scale, offset = scale.unsqueeze(1), offset.unsqueeze(1)
         safe = torch.where(scale == 0, torch.ones_like(scale), scale)
+        levels = self.levels
+        if levels is not None:  # the nearest level of x / d (ties to the lower one); d = 0 decodes to 0 anyway
+            levels = levels.to(x.device)
+            return torch.bucketize((x / safe).contiguous(), (levels[1:] + levels[:-1]) / 2).float()
         if self.uses_min:
             codes = torch.round((x - offset) / safe)
             codes = torch.where(scale == 0, torch.zeros_like(codes), codes)
@@ -214,6 +237,9 @@ class Grid:
         """The runtime's float32 value of codes with per-row parameters (same arithmetic as its decoder)."""
         if codes.dim() == 2:
             scale, offset = scale.unsqueeze(1), offset.unsqueeze(1)
+        levels = self.levels
+        if levels is not None:
+            return scale * levels.to(codes.device)[codes.long()]
         if self.uses_min:
             return scale * codes + offset
         return (codes - offset) * scale
@@ -314,7 +340,7 @@ def unpack_gguf(kind: str, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     blocks = raw.reshape(rows, -1, _GGUF_BYTES[kind])
     scales = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
     at = 2
-    offsets = np.full_like(scales, {"q4_0": 8, "q5_0": 16, "q8_0": 0}.get(kind, 0))
+    offsets = np.full_like(scales, {"q4_0": 8, "q5_0": 16}.get(kind, 0))  # q8_0, iq4_nl: no zero point
     if kind in ("q4_1", "q5_1"):
         offsets = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
         at = 4

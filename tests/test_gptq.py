@@ -102,6 +102,38 @@ def test_our_packing_reproduces_the_runtime_quantizers_own_bytes(grid):
     assert torch.all((values - w).abs() <= (runtime_decoded(grid, w) - w).abs() + 1e-7)
 
 
+IQ4_NL = Grid.named("iq4_nl")
+
+
+def test_iq4_nl_rounds_normal_weights_closer_than_q4_0_at_the_same_size():
+    """Its levels are denser near 0, where most weights are: the reason to have the grid at all."""
+    w = torch.randn(64, 512, generator=torch.Generator().manual_seed(1)) * 0.05
+    iq4_error = (IQ4_NL.round_to_nearest(w)[0] - w).pow(2).sum()
+    q4_error = (Grid.named("q4_0").round_to_nearest(w)[0] - w).pow(2).sum()
+    assert iq4_error < 0.9 * q4_error
+    assert len(runtime_round_to_nearest(Grid.named("q4_0"), w.numpy())[1][0]) == 16 * 18  # 18 bytes a block, as iq4_nl
+
+
+def test_gptq_on_iq4_nl_beats_its_round_to_nearest_and_its_blocks_decode_in_gguf_to_the_weights_it_set():
+    W, X, H = correlated_layer(cols=320)
+    chosen = gptq_quantize_matrix(W, H, IQ4_NL, act_order=True)
+    rtn = IQ4_NL.round_to_nearest(W)[0]
+    assert ((W - chosen.values) @ X.T).pow(2).sum() < 0.8 * ((W - rtn) @ X.T).pow(2).sum()
+    kind, raw = chosen.entry()
+    assert kind == "iq4_nl" and raw.dtype == np.uint8 and raw.shape == (W.shape[0], 320 // 32 * 18)
+    assert np.array_equal(dequantize_entry((kind, raw)), chosen.values.numpy()), "the gguf decoder disagrees"
+    codes, scales, offsets = unpack_gguf(kind, raw)
+    assert codes.min() >= 0 and codes.max() <= 15 and not offsets.any()
+    assert np.array_equal(scales.astype(np.float16).astype(np.float32), scales)
+    levels = np.array(IQ4_NL.levels)
+    assert set(np.unique(chosen.values.numpy() / np.repeat(scales, 32, axis=1))) <= set(levels.astype(np.float32))
+
+
+def test_iq4_nl_has_no_zero_so_keep_sparsity_is_refused():
+    with pytest.raises(ValueError, match="0 is exact"):
+        GptqQuantize(grid="iq4_nl", keep_sparsity=True)
+
+
 def matmulnbits_session(payload: dict):
     """A one-node ONNX model: Y = A @ B^T with B the MatMulNBits payload."""
     import onnxruntime as ort

@@ -146,6 +146,18 @@ def test_ready_made_blocks_run_as_given(tiny_llama):
     assert_same_logits(art, exported(art, type="f32"), atol=2e-2)
 
 
+def test_iq4_nl_blocks_from_gptq_run_in_llama_cpp_as_the_weights_pytorch_holds(tiny_llama, ctx):
+    """llama.cpp decodes GPTQ's iq4_nl blocks to the grid values the PyTorch model holds (its q8_0 activations
+    are the only difference)."""
+    import gguf
+
+    art = build_pass("gptq_quantize", {"grid": "iq4_nl"})(tiny_llama, ctx)
+    result = exported(art, type="f32")
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(result.model.path).tensors}
+    assert types["blk.0.ffn_down.weight"] == gguf.GGMLQuantizationType.IQ4_NL
+    assert_same_logits(art, result, atol=2e-2)
+
+
 def test_the_pass_checks_its_file_in_llama_cpp(tiny_gpt2):
     metrics = exported(tiny_gpt2, type="f32", check=True).passes[-1]["metrics"]["check"]
     assert metrics["checked"] and metrics["tokenizer_match"]

@@ -28,7 +28,7 @@ def mean_kl(student, teacher, ids: torch.Tensor) -> float:
 
 
 def gptq(artifact, ctx, grid: str):
-    config = {"grid": grid} if grid in ("q4_0", "q4_1", "q5_0", "q8_0") else {"grid": "int4", "symmetric": False}
+    config = {"grid": grid} if grid in ("q4_0", "q4_1", "q5_0", "q8_0", "iq4_nl") else {"grid": "int4", "symmetric": False}
     return build_pass("gptq_quantize", config)(artifact, ctx)
 
 
@@ -52,7 +52,7 @@ def training_ids(artifact, ctx) -> torch.Tensor:
     return training_windows(artifact.tokenizer, ctx.calibration, TRAIN["seq_len"], None).input_ids[:32]
 
 
-@pytest.mark.parametrize("grid", ["q4_0", "q4_1", "int4-asym"])
+@pytest.mark.parametrize("grid", ["q4_0", "q4_1", "iq4_nl", "int4-asym"])
 def test_tuning_lowers_the_divergence_and_keeps_every_code(tiny_model_dir, ctx, grid):
     from compress.models import load_artifact
 

@@ -9,7 +9,7 @@ import click
 
 from ..cli_options import data_options, data_specs, output_options, trust_remote_code_option
 
-from ..quant_grids import GGUF_TYPES, GRID_NAMES
+from ..quant_grids import GGUF_GRID_TYPES, GRID_NAMES
 
 # ort-int8 / ort-int4: the fast onnxruntime-genai graph, weight-only MatMulNBits with int8 compute
 # (ort_genai_export; causal LMs). ort-dynamic-int8 / ort-optimum-int4 / ort-weight-int8: ort_quantize on
@@ -55,7 +55,7 @@ def build_gptq_pass(grid: str | None, block_size: int, asymmetric: bool, act_ord
 
     if grid is None:
         raise UserError(f"--method gptq needs --grid, the runtime grid to write: {', '.join(GRID_NAMES)}")
-    if asymmetric and grid in GGUF_TYPES:
+    if asymmetric and grid in GGUF_GRID_TYPES:
         raise UserError(f"--asymmetric applies to the int4/int8 grids; GGUF {grid} has its own zero point "
                         "(q4_1 and q5_1 are the asymmetric GGUF types)")
     if keep_first is not None or keep_last is not None:
@@ -63,7 +63,7 @@ def build_gptq_pass(grid: str | None, block_size: int, asymmetric: bool, act_ord
                         "with --keep GLOB")
     if head_grid is not None and not head:
         raise UserError("--head-grid is the output head's grid, so it needs --head")
-    if head_grid is not None and (head_grid in GGUF_TYPES) != (grid in GGUF_TYPES):
+    if head_grid is not None and (head_grid in GGUF_GRID_TYPES) != (grid in GGUF_GRID_TYPES):
         raise UserError(f"--head-grid {head_grid} and --grid {grid} belong to different runtimes; choose both from "
                         "the GGUF types or both from int4/int8")
     if int4_algorithm != "rtn" or reduce_range:
@@ -236,7 +236,7 @@ def _json_config(directory: Path) -> dict:
 @click.option("--int4-algorithm", type=click.Choice(["rtn", "hqq"]), default="rtn", show_default=True,
               help="ort-optimum-int4: round-to-nearest, or HQQ (optimised scales and zero points; slower to build).")
 @click.option("--grid", type=click.Choice(GRID_NAMES), default=None,
-              help="gptq: the runtime grid: GGUF q4_0/q4_1/q5_0/q5_1/q8_0 (llama.cpp), or int4/int8 (ONNX Runtime "
+              help="gptq: the runtime grid: GGUF q4_0/q4_1/q5_0/q5_1/q8_0/iq4_nl (llama.cpp), or int4/int8 (ONNX Runtime "
                    "MatMulNBits).")
 @click.option("--asymmetric", is_flag=True, help="gptq int4/int8: per-block zero points (default: symmetric).")
 @click.option("--act-order/--no-act-order", default=None,

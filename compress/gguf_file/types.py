@@ -26,9 +26,9 @@ from ..errors import UserError
 
 # The types `--type` and overrides accept: the gguf package quantizes these in numpy.
 EXPORT_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
-# Types accepted as ready-made blocks (`quantized_blocks`): the K-quants too, which the
-# gguf package can only decode, so they can arrive from a quantizer that made them.
-RAW_TYPES = EXPORT_TYPES[2:] + ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
+# Types accepted as ready-made blocks (`quantized_blocks`): iq4_nl and the K-quants too, which the
+# gguf package can only decode, so they can arrive from a quantizer that made them (GPTQ writes iq4_nl).
+RAW_TYPES = EXPORT_TYPES[2:] + ("iq4_nl", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
 FALLBACK_TYPE = "f16"
 
 
@@ -168,7 +168,8 @@ def file_type(choices: list[TypeChoice]):
     from gguf import LlamaFileType
 
     names = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0",
-             "q4_1": "MOSTLY_Q4_1", "q5_0": "MOSTLY_Q5_0", "q5_1": "MOSTLY_Q5_1", "q2_k": "MOSTLY_Q2_K",
+             "q4_1": "MOSTLY_Q4_1", "q5_0": "MOSTLY_Q5_0", "q5_1": "MOSTLY_Q5_1", "iq4_nl": "MOSTLY_IQ4_NL",
+             "q2_k": "MOSTLY_Q2_K",
              "q3_k": "MOSTLY_Q3_K_M", "q4_k": "MOSTLY_Q4_K_M", "q5_k": "MOSTLY_Q5_K_M", "q6_k": "MOSTLY_Q6_K"}
     counts = type_counts(choices)
     if not counts:

@@ -72,7 +72,7 @@ from ..artifact import Artifact
 from ..errors import UserError
 from ..layers import WeightMatrix, output_head_names, untie_output_head, weight_matrices
 from ..progress import progress
-from ..quant_grids import GRID_NAMES, Grid, dequantize_entry
+from ..quant_grids import GGUF_GRID_TYPES, GRID_NAMES, Grid, dequantize_entry
 from .base import Pass, PassContext
 from .calibration import run_calibration
 from .hessian import ColumnSweep, collect_hessians, inverse_cholesky
@@ -177,7 +177,8 @@ class GptqQuantize(Pass):
     encoder_alternative: ClassVar[str] = ("use ort_quantize (method weight-int8 or dynamic-int8) or bnb_quantize "
                                           "for an encoder")
 
-    grid: GridName = Field("q4_0", description="target grid: GGUF q4_0/q4_1/q5_0/q5_1/q8_0 or MatMulNBits int4/int8")
+    grid: GridName = Field("q4_0", description="target grid: GGUF q4_0/q4_1/q5_0/q5_1/q8_0/iq4_nl or MatMulNBits "
+                            "int4/int8")
     block_size: int | None = Field(None, description="weights per block (GGUF: 32 only; int4/int8: a power of "
                                    "two >= 16, default 32)")
     symmetric: bool | None = Field(None, description="int4/int8: symmetric (default) or asymmetric with zero "
@@ -208,7 +209,7 @@ class GptqQuantize(Pass):
     def _valid_grid(self):
         grid = self.target_grid()
         if self.keep_sparsity and not grid.has_exact_zero:
-            raise ValueError(f"keep_sparsity needs a grid on which 0 is exact; {self.grid} decodes d * q + m "
+            raise ValueError(f"keep_sparsity needs a grid on which 0 is exact; {self.grid} has no code for 0 "
                              "(use q4_0, q5_0, q8_0 or int4 / int8)")
         return self
 
@@ -220,12 +221,12 @@ class GptqQuantize(Pass):
             raise ValueError(f"head_grid {self.head_grid} and grid {self.grid} belong to different runtimes (GGUF "
                              "types or MatMulNBits int4/int8); one file holds one runtime's blocks")
         if self.head_grid is not None and self.keep_sparsity and not Grid.named(self.head_grid).has_exact_zero:
-            raise ValueError(f"keep_sparsity needs a grid on which 0 is exact; head_grid {self.head_grid} decodes "
-                             "d * q + m (use q4_0, q5_0, q8_0 or int4 / int8)")
+            raise ValueError(f"keep_sparsity needs a grid on which 0 is exact; head_grid {self.head_grid} has no "
+                             "code for 0 (use q4_0, q5_0, q8_0 or int4 / int8)")
         return self
 
     def target_grid(self) -> Grid:
-        if self.grid in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0") and self.symmetric is not None:
+        if self.grid in GGUF_GRID_TYPES and self.symmetric is not None:
             raise ValueError(f"symmetric applies to int4/int8; {self.grid} has its own "
                              f"({'asymmetric' if self.grid in ('q4_1', 'q5_1') else 'symmetric'})")
         return Grid.named(self.grid, self.block_size, self.symmetric)

@@ -53,6 +53,8 @@ class BlockScaled(nn.Module):
         self.grid, self.transposed = grid, transposed
         self.integer_codes = np.asarray(codes)  # packed again, unchanged, at the end
         codes_t = torch.from_numpy(self.integer_codes.astype(np.float32))
+        if grid.levels is not None:  # a codebook grid (iq4_nl): train on the levels the codes stand for, zero offset 0
+            codes_t = grid.levels[codes_t.long()]
         self.K = codes_t.shape[1]
         self.register_buffer("codes", codes_t, persistent=False)
         self.register_buffer("scale0", torch.from_numpy(np.asarray(scales, dtype=np.float32)), persistent=False)

@@ -82,6 +82,9 @@ CLIP_SHRINKS = tuple(1.0 - 0.02 * i for i in range(16))  # 1.00 .. 0.70
 _GGUF_BYTES = {"q4_0": 18, "q4_1": 20, "q5_0": 22, "q5_1": 24, "q8_0": 34, "iq4_nl": 18}
 # llama.cpp's kvalues_iq4nl (ggml-common.h; the gguf package's IQ4_NL.kvalues): the value of each 4-bit code, times d.
 IQ4_NL_LEVELS = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
+# Made once: GPTQ's sweep encodes one column at a time, so the grid would otherwise rebuild them per column.
+_IQ4_NL_LEVELS = torch.tensor(IQ4_NL_LEVELS, dtype=torch.float32)
+_IQ4_NL_MIDPOINTS = (_IQ4_NL_LEVELS[1:] + _IQ4_NL_LEVELS[:-1]) / 2
 _SYMMETRIC_GGUF = ("q4_0", "q5_0", "q8_0", "iq4_nl")
 
 
@@ -136,7 +139,7 @@ class Grid:
     @property
     def levels(self) -> torch.Tensor | None:
         """The value of each code in units of the block's scale, for a codebook grid (iq4_nl); None when uniform."""
-        return torch.tensor(IQ4_NL_LEVELS, dtype=torch.float32) if self.kind == "iq4_nl" else None
+        return _IQ4_NL_LEVELS if self.kind == "iq4_nl" else None
 
     @property
     def has_exact_zero(self) -> bool:
@@ -190,12 +193,11 @@ class Grid:
             return scale, zero
         if self.kind == "q8_0":
             return self._stored(w.abs().max(dim=1).values * shrink / 127), torch.zeros(w.shape[0], device=w.device)
-        if self.kind == "iq4_nl":
-            # The signed value of largest magnitude on the most negative level (-127), as llama.cpp's first try.
-            signed = w.gather(1, w.abs().argmax(dim=1, keepdim=True)).squeeze(1) * shrink
-            return self._stored(signed / IQ4_NL_LEVELS[0]), torch.zeros(w.shape[0], device=w.device)
-        # Symmetric with the largest magnitude on the most negative code, as the runtimes' own quantizers.
+        # Symmetric with the largest magnitude on the most negative code, as the runtimes' own quantizers
+        # (iq4_nl: on its most negative level, -127, llama.cpp's first try).
         signed = w.gather(1, w.abs().argmax(dim=1, keepdim=True)).squeeze(1) * shrink
+        if self.kind == "iq4_nl":
+            return self._stored(signed / IQ4_NL_LEVELS[0]), torch.zeros(w.shape[0], device=w.device)
         half = 2 ** (self.bits - 1)
         return self._stored(signed / -half), torch.full((w.shape[0],), float(half), device=w.device)
 
@@ -221,10 +223,8 @@ class Grid:
         if x.dim() == 2:
             scale, offset = scale.unsqueeze(1), offset.unsqueeze(1)
         safe = torch.where(scale == 0, torch.ones_like(scale), scale)
-        levels = self.levels
-        if levels is not None:  # the nearest level of x / d (ties to the lower one); d = 0 decodes to 0 anyway
-            levels = levels.to(x.device)
-            return torch.bucketize((x / safe).contiguous(), (levels[1:] + levels[:-1]) / 2).float()
+        if self.levels is not None:  # the nearest level of x / d (ties to the lower one); d = 0 decodes to 0 anyway
+            return torch.bucketize((x / safe).contiguous(), _IQ4_NL_MIDPOINTS.to(x.device)).float()
         if self.uses_min:
             codes = torch.round((x - offset) / safe)
             codes = torch.where(scale == 0, torch.zeros_like(codes), codes)

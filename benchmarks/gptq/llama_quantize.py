@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import sys
+from pathlib import Path
 
 
 def main(argv=None) -> int:
@@ -30,10 +31,15 @@ def main(argv=None) -> int:
         return 2
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype, params.pure, params.nthread = getattr(llama_cpp, name), True, args.threads
-    rc = llama_cpp.llama_model_quantize(args.source.encode(), args.output.encode(), ctypes.byref(params))
+    # Written beside the output and moved into place only when complete: a failed run leaves no partial file.
+    partial = Path(args.output + ".partial")
+    rc = llama_cpp.llama_model_quantize(args.source.encode(), str(partial).encode(), ctypes.byref(params))
     if rc != 0:
-        print(f"llama_model_quantize failed ({rc})", file=sys.stderr)
-    return int(rc != 0)
+        partial.unlink(missing_ok=True)
+        print(f"llama_model_quantize failed ({rc}) on {args.source}; nothing was written", file=sys.stderr)
+        return 1
+    partial.replace(args.output)
+    return 0
 
 
 if __name__ == "__main__":

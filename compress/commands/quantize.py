@@ -253,8 +253,8 @@ def _json_config(directory: Path) -> dict:
               help="gptq: also quantize the output head; a tied head is untied, the input embeddings staying float "
                    "(export them at q8_0: a lookup costs no decode time).")
 @click.option("--head-grid", type=click.Choice(GRID_NAMES), default=None,
-              help="gptq with --head: the head's own grid (default: --grid), e.g. q5_0 for a q4_0 model, which keeps "
-                   "most of q4_0's speed and much of a q8_0 head's quality.")
+              help="gptq with --head: the head's own grid of the same runtime (default: --grid), e.g. q5_0 or q8_0 "
+                   "for the head of a q4_0 model: more quality, some decode speed (benchmarks/gptq/README.md).")
 @click.option("--tune-steps", type=click.IntRange(min=0), default=0, show_default=True,
               help="gptq: then train the block scales and norms (codes fixed) for N steps against MODEL on the "
                    "calibration text (tune_scales; 150 is about 15-30 minutes for the built-in model on 2 cores).")

@@ -1,13 +1,14 @@
 """The GGUF types a matrix may take, their exact grids, and what llama.cpp does to a matrix's input.
 
-A weight is put on a type's grid by the gguf package's numpy code
-(`compress.gguf_file.types.encode`, which the GGUF writer also uses) and
+A weight is put on a type's grid by the gguf package's numpy code (iq4_nl,
+which gguf can only decode, by compress.quant_grids; both through
+`compress.gguf_file.types.encode`, which the GGUF writer also uses) and
 decoded again with gguf's dequantizer, so a PyTorch model holding the decoded
 weights holds exactly what the file will hold.
 
 That alone does not compute what llama.cpp computes. ggml's CPU matrix product
 first converts the *input* of a matrix to the weight's "vec_dot type": for
-q4_0, q5_0 and q8_0 weights each run of 32 input values becomes a q8_0 block
+q4_0, iq4_nl, q5_0 and q8_0 weights each run of 32 input values becomes a q8_0 block
 (one float16 scale, amax / 127; values rounded to int8); for q4_1 and q5_1 a
 q8_1 block (the same values, plus their sum); for f16 weights the input is
 rounded to float16. On the built-in model this input rounding is most of
@@ -30,11 +31,12 @@ from ..gguf_file.types import block_shape, check_type, encode, ggml_type
 
 # Types a matrix may be given, most precise first. q4_1 and q5_1 are allowed on request
 # (not by default): see docs/autoquant.md for why they flatter the built-in model.
-CANDIDATE_TYPES = ("f16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
+CANDIDATE_TYPES = ("f16", "q8_0", "q5_1", "q5_0", "q4_1", "iq4_nl", "q4_0")
 DEFAULT_TYPES = ("q4_0", "q5_0", "q8_0", "f16")
 
 # ggml's vec_dot_type of each weight type on the CPU: how a matrix's input is rounded.
-INPUT_ROUNDING = {"f16": "f16", "q8_0": "q8_0", "q5_0": "q8_0", "q4_0": "q8_0", "q5_1": "q8_1", "q4_1": "q8_1"}
+INPUT_ROUNDING = {"f16": "f16", "q8_0": "q8_0", "q5_0": "q8_0", "q4_0": "q8_0", "iq4_nl": "q8_0", "q5_1": "q8_1",
+                  "q4_1": "q8_1"}
 INPUT_BLOCK = 32
 
 

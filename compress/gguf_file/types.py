@@ -24,11 +24,12 @@ import numpy as np
 
 from ..errors import UserError
 
-# The types `--type` and overrides accept: the gguf package quantizes these in numpy.
-EXPORT_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
-# Types accepted as ready-made blocks (`quantized_blocks`): iq4_nl and the K-quants too, which the
-# gguf package can only decode, so they can arrive from a quantizer that made them (GPTQ writes iq4_nl).
-RAW_TYPES = EXPORT_TYPES[2:] + ("iq4_nl", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
+# The types `--type` and overrides accept. The gguf package quantizes all but iq4_nl in numpy; iq4_nl, which
+# it can only decode, is rounded by compress.quant_grids (see `encode`).
+EXPORT_TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
+# Types accepted as ready-made blocks (`quantized_blocks`): the K-quants too, which the gguf package can only
+# decode, so they can arrive from a quantizer that made them.
+RAW_TYPES = EXPORT_TYPES[2:] + ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k")
 FALLBACK_TYPE = "f16"
 
 
@@ -108,13 +109,28 @@ def choose_types(tensors, default: str, overrides: dict[str, str], raw_blocks: d
 
 
 def encode(data: np.ndarray, written: str) -> np.ndarray:
-    """The array the GGUF writer stores for a float tensor in type `written` (uint8 blocks for quantized types)."""
+    """The array the GGUF writer stores for a float tensor in type `written` (uint8 blocks for quantized types).
+
+    iq4_nl is rounded to the nearest of its levels with llama.cpp's first choice of block scale (the largest
+    magnitude on level -127), by compress.quant_grids, whose packing the gguf package decodes bit for bit.
+    llama.cpp's own quantizer also tries nearby scales and keeps the best, so its round-to-nearest iq4_nl
+    can be a little closer; a calibrated quantizer (gptq_quantize --grid iq4_nl) does better than both.
+    """
     from gguf import quants
 
     if written == "f32":
         return np.ascontiguousarray(data, dtype=np.float32)
     if written == "f16":
         return np.ascontiguousarray(data, dtype=np.float16)
+    if written == "iq4_nl":
+        import torch
+
+        from ..quant_grids import Grid
+
+        grid = Grid.named("iq4_nl")
+        flat = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32).reshape(-1, data.shape[-1]))
+        _, codes, scales, offsets = grid.round_to_nearest(flat)
+        return grid.pack(codes, scales, offsets).reshape(*data.shape[:-1], -1)
     return quants.quantize(np.ascontiguousarray(data, dtype=np.float32), ggml_type(written))
 
 

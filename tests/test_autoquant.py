@@ -25,6 +25,7 @@ from compress.passes.base import CalibrationData, PassContext, build_pass
 pytestmark = pytest.mark.usefixtures("one_thread_fresh_calibration")
 
 TYPES = ("q4_0", "q5_0", "q8_0", "f16")
+EVERY_TYPE = ("q4_0", "iq4_nl", "q5_0", "q8_0", "f16")  # iq4_nl: rounded by quant_grids, not the gguf package
 SENSITIVE = "blk.1.ffn_down.weight"
 
 
@@ -54,8 +55,8 @@ def test_round_trip_holds_exactly_what_the_gguf_file_holds(request, arch, tmp_pa
     from compress.gguf_file.layout import model_layout
 
     artifact = request.getfixturevalue(f"tiny_{arch}")
-    matrices = matrices_of(artifact)
-    assignment = {m.name: TYPES[i % len(TYPES)] for i, m in enumerate(matrices)}
+    matrices = matrices_of(artifact, EVERY_TYPE)
+    assignment = {m.name: EVERY_TYPE[i % len(EVERY_TYPE)] for i, m in enumerate(matrices)}
     default = "q4_0"
     result = build_pass("gguf_export", {"type": default, "check": False,
                                         "overrides": {k: v for k, v in assignment.items() if v != default}})(artifact)
@@ -93,8 +94,8 @@ def test_simulation_computes_what_llama_cpp_computes(tiny_llama):
         for layer in tiny_llama.model.model.layers:
             for norm in (layer.input_layernorm, layer.post_attention_layernorm):
                 norm.weight[::32] = 30.0
-    matrices = matrices_of(tiny_llama)
-    assignment = {m.name: TYPES[i % len(TYPES)] for i, m in enumerate(matrices)}
+    matrices = matrices_of(tiny_llama, EVERY_TYPE)
+    assignment = {m.name: EVERY_TYPE[i % len(EVERY_TYPE)] for i, m in enumerate(matrices)}
     mixed = build_pass("gguf_export", {"type": "q4_0", "check": False,
                                        "overrides": {k: v for k, v in assignment.items() if v != "q4_0"}})(tiny_llama)
     f32 = build_pass("gguf_export", {"type": "f32", "check": False})(tiny_llama)
@@ -283,6 +284,37 @@ def test_the_result_is_a_gguf_with_its_manifest(tiny_gpt2, tmp_path):
         assert key in record["metrics"], key
 
 
+TUNE = {"tune_steps": 30, "tune_windows": 64, "tune_seq_len": 64, "tune_lr": 3e-3}
+
+
+def test_a_trained_mix_diverges_less_and_the_file_holds_its_trained_blocks(one_sensitive_matrix):
+    """tune_steps trains the searched mix's 4-bit scales; the check, and the file, are of the trained mix, and the
+    search and check windows come after the training text."""
+    import gguf
+
+    from compress.autoquant.grid import roundtrip
+
+    art = one_sensitive_matrix
+    before = {n: p.detach().clone() for n, p in art.model.named_parameters()}
+    result = build_pass("auto_quantize", {"target_kl": 5.0, "types": ["q4_0", "q8_0"], "curve": [5.0],
+                                          "measure_curve": False, "check": False, **TUNE})(art, ctx())
+    for n, p in art.model.named_parameters():
+        assert torch.equal(p, before[n]), "the input model changed"
+    m = result.passes[-1]["metrics"]
+    tuning = m["tuning"]
+    assert set(m["assignment"].values()) == {"q4_0"}  # a generous budget: everything at 4 bits
+    assert tuning["matrices_tuned"] == sum(not mat.lookup for mat in matrices_of(art))
+    assert tuning["measured_kl_after"] < 0.9 * tuning["measured_kl_before"]
+    assert m["measured_kl_pytorch"] == pytest.approx(tuning["measured_kl_after"])
+    assert m["windows"]["search"]["first_window"] * 64 >= TUNE["tune_windows"] * TUNE["tune_seq_len"]
+    assert m["export"]["given_blocks_written"] == tuning["matrices_tuned"]
+    # The file holds trained scales: a tuned matrix's blocks are not round-to-nearest of its float weights.
+    tensors = {t.name: t for t in gguf.GGUFReader(result.model.path).tensors}
+    in_file = gguf.quants.dequantize(tensors[SENSITIVE].data, tensors[SENSITIVE].tensor_type).reshape(-1)
+    float_rows = next(mat for mat in matrices_of(art) if mat.name == SENSITIVE).rows()
+    assert not np.array_equal(in_file, roundtrip(float_rows, "q4_0").reshape(-1))
+
+
 # ------------------------------------------------------------------ bad input
 
 
@@ -292,6 +324,9 @@ def test_the_result_is_a_gguf_with_its_manifest(tiny_gpt2, tmp_path):
     ({"target_kl": 0.02, "types": ["q4_0", "q3_k"]}, "unknown GGUF type 'q3_k'"),
     ({"target_kl": 0.02, "types": []}, "no candidate types"),
     ({"target_kl": 0.02, "curve": [0.01, -1]}, "positive KL"),
+    ({"target_kl": 0.02, "search_kl": 0.05}, "search_kl is the budget searched before training, so it needs "
+                                             "tune_steps"),
+    ({"target_kl": 0.02, "search_kl": 0.01, "tune_steps": 10}, "search_kl 0.01 is below target_kl 0.02"),
 ])
 def test_bad_config_is_one_line(config, message):
     with pytest.raises(UserError, match=message) as exc:
@@ -314,6 +349,8 @@ def test_too_few_calibration_windows_and_an_impossible_budget_are_one_line(tiny_
     (["--target-kl", "0.02", "--keep", "*down_proj", "--grid", "q4_0"],
      "--keep, --grid only apply to --method, not to --target-kl"),
     (["--method", "gptq", "--grid", "q4_0", "--types", "q4_0,q8_0"], "--types only applies to --target-kl"),
+    (["--method", "gptq", "--grid", "q4_0", "--search-kl", "0.05"], "--search-kl only applies to --target-kl"),
+    (["--target-kl", "0.02", "--search-kl", "0.05"], "needs tune_steps"),
     ([], "give --method"),
     (["--target-kl", "0.02", "--calib-samples", "4", "--eval-seq-len", "64"], "raise --calib-samples"),
 ])

@@ -9,7 +9,7 @@ OPTIONS = [
                  help="Mixed precision for llama.cpp: the fastest GGUF type per matrix whose mean KL from MODEL, "
                       "measured on held-out calibration windows, stays within KL; writes OUTPUT.gguf."),
     click.option("--types", default="q4_0,q5_0,q8_0,f16", show_default=True,
-                 help="--target-kl: candidate GGUF types (comma-separated; f16, q8_0, q5_1, q5_0, q4_1, q4_0)."),
+                 help="--target-kl: candidate GGUF types (comma-separated; f16, q8_0, q5_1, q5_0, q4_1, iq4_nl, q4_0)."),
     click.option("--search-windows", type=int, default=2, show_default=True,
                  help="--target-kl: calibration windows the per-matrix sensitivities are measured on."),
     click.option("--check-windows", type=int, default=4, show_default=True,
@@ -17,12 +17,16 @@ OPTIONS = [
     click.option("--blocks-from", default=None, metavar="DIR",
                  help="--target-kl: a saved GPTQ output of MODEL (compress quantize MODEL --method gptq); a matrix "
                       "given its blocks' type takes those blocks instead of round-to-nearest."),
+    click.option("--search-kl", type=float, default=None, metavar="KL",
+                 help="--target-kl with --tune-steps: the budget the search aims at before training (above the "
+                      "target: training lowers the KL; the check and back-off then hold the target)."),
 ]
 
 
 def run_autoquant(model: str, target_kl: float, types: str, search_windows: int, check_windows: int,
                   blocks_from: str | None, max_kl: float, min_top1: float, fail_on_damage: bool, output: str,
-                  force: bool, trust_remote_code: bool, data: dict) -> None:
+                  force: bool, trust_remote_code: bool, data: dict, tune_steps: int = 0,
+                  search_kl: float | None = None) -> None:
     from ..cli_options import data_specs
     from ..data import check_disjoint
     from ..encoders.architecture import is_encoder_config
@@ -37,7 +41,8 @@ def run_autoquant(model: str, target_kl: float, types: str, search_windows: int,
     from .quantize import echo_quality, run_guard
 
     quant = build_pass("auto_quantize", {"target_kl": target_kl, "types": types, "search_windows": search_windows,
-                                         "check_windows": check_windows, "blocks_from": blocks_from})
+                                         "check_windows": check_windows, "blocks_from": blocks_from,
+                                         "tune_steps": tune_steps, "search_kl": search_kl})
     calibration, evaluation = data_specs(data)
     if evaluation is not None:
         check_disjoint(calibration, evaluation)
@@ -67,6 +72,11 @@ def run_autoquant(model: str, target_kl: float, types: str, search_windows: int,
     m = result.passes[-1]["metrics"]
     counts = ", ".join(f"{n} {t}" for t, n in m["type_counts"].items())
     given = ""
+    if m["tuning"] and m["tuning"]["matrices_tuned"]:
+        t = m["tuning"]
+        click.echo(f"trained the scales of {t['matrices_tuned']} matrices and the norms for {t['steps']} steps: "
+                   f"KL {t['measured_kl_before']:.4f} -> {t['measured_kl_after']:.4f} on the check windows "
+                   f"(searched at {t['searched_kl']})")
     if m["given_blocks"]:
         given = f" ({m['export']['given_blocks_written']} taking the blocks of {blocks_from})"
     where = "llama.cpp" if m["measured_kl_llamacpp"] is not None else "PyTorch, llama.cpp's roundings"

@@ -30,7 +30,9 @@ METHOD_ONLY = (("keep", "--keep"), ("keep_first", "--keep-first"), ("keep_last",
                ("int4_algorithm", "--int4-algorithm")) + GPTQ_ONLY
 # Options of --target-kl only, refused with --method when given.
 AUTOQUANT_ONLY = (("types", "--types"), ("search_windows", "--search-windows"), ("check_windows", "--check-windows"),
-                  ("blocks_from", "--blocks-from"))
+                  ("blocks_from", "--blocks-from"), ("search_kl", "--search-kl"))
+# Options of --method that --target-kl takes too: --tune-steps trains the chosen mix's scales.
+SHARED_WITH_TARGET_KL = ("tune_steps",)
 
 
 def refuse_given(options: tuple[tuple[str, str], ...], applies_to: str, not_to: str) -> None:
@@ -257,7 +259,8 @@ def _json_config(directory: Path) -> dict:
                    "for the head of a q4_0 model: more quality, some decode speed (benchmarks/gptq/README.md).")
 @click.option("--tune-steps", type=click.IntRange(min=0), default=0, show_default=True,
               help="gptq: then train the block scales and norms (codes fixed) for N steps against MODEL on the "
-                   "calibration text (tune_scales; 150 is about 15-30 minutes for the built-in model on 2 cores).")
+                   "calibration text (tune_scales; 150 is about 15-30 minutes for the built-in model on 2 cores). "
+                   "--target-kl: train the searched mix's 4- and 5-bit matrices so before the check.")
 @guard_options
 @trust_remote_code_option
 @data_options
@@ -265,7 +268,7 @@ def _json_config(directory: Path) -> dict:
 def command(model: str, method: str | None, keep, keep_first, keep_last, device, double_quant, compute_dtype, block_size,
             reduce_range, int4_algorithm, grid, asymmetric, act_order, clip_search, damp, sequential, keep_sparsity,
             head, head_grid, tune_steps, max_kl, min_top1, min_cosine, min_top10, fail_on_damage, output, force, trust_remote_code, target_kl,
-            types, search_windows, check_windows, blocks_from, **data) -> None:
+            types, search_windows, check_windows, blocks_from, search_kl, **data) -> None:
     """Quantize MODEL and check the result against it on evaluation text.
 
     After quantizing, the quality guard compares the result with MODEL on the
@@ -314,11 +317,12 @@ def command(model: str, method: str | None, keep, keep_first, keep_last, device,
     if method is None:
         if target_kl is None:
             raise UserError(f"give --method ({', '.join(METHODS)}) or --target-kl KL")
-        refuse_given(METHOD_ONLY, "--method", "--target-kl")
+        refuse_given(tuple(o for o in METHOD_ONLY if o[0] not in SHARED_WITH_TARGET_KL), "--method", "--target-kl")
         from .autoquant import run_autoquant
 
         return run_autoquant(model, target_kl, types, search_windows, check_windows, blocks_from, max_kl,
-                             min_top1, fail_on_damage, output, force, trust_remote_code, data)
+                             min_top1, fail_on_damage, output, force, trust_remote_code, data,
+                             tune_steps=tune_steps, search_kl=search_kl)
     if target_kl is not None:
         raise UserError(f"--target-kl chooses the GGUF types itself; give it without --method {method}")
     refuse_given(AUTOQUANT_ONLY, "--target-kl", f"--method {method}")

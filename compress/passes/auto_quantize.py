@@ -19,6 +19,16 @@ output holds as blocks of type T takes those blocks whenever it is given T,
 instead of round-to-nearest, in every measurement and in the file
 (compress.autoquant.given_blocks).
 
+With `tune_steps`, the search's assignment (for `search_kl`, a budget above
+`target_kl`) is trained before it is checked: the block scales of every 4- and
+5-bit matrix (their codes fixed: given blocks, else round-to-nearest) and the
+norms, against the float model, for that many steps of tune_scales on the
+first `tune_windows` windows of the calibration text (compress/passes/
+tune_scales.py). Tuned blocks fit each other, so they do not add up matrix by
+matrix as the search predicts; the check and the back-off measure the trained
+mix itself (an upgrade puts a matrix back at a more precise type of its float
+weights), and the search and check windows come after the training text.
+
 The manifest records the assignment, its predicted and measured KL, the cost
 model's bytes per token and the file's size, the back-off rounds, every
 matrix's sensitivity, and the curve of budget against predicted bytes/speed
@@ -28,6 +38,8 @@ Config (YAML)::
 
     - auto_quantize: {target_kl: 0.02, types: [q4_0, q5_0, q8_0, f16]}
     - auto_quantize: {target_kl: 0.02, types: [q4_0, q8_0, f16], blocks_from: out/gptq-q4_0}
+    - auto_quantize: {target_kl: 0.02, search_kl: 0.05, tune_steps: 150, types: [iq4_nl, q8_0, f16],
+                      blocks_from: out/gptq-iq4_nl}
 """
 
 from __future__ import annotations
@@ -36,7 +48,7 @@ import math
 from collections import OrderedDict
 from typing import Any, ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..data import Windows
 from ..errors import QualityError, UserError
@@ -46,6 +58,9 @@ from .base import Pass, PassContext
 DEFAULT_CURVE = (0.005, 0.01, 0.02, 0.05, 0.1)
 ENCODER_ALTERNATIVE = "quantize an encoder with --method ort-weight-int8 (or ort-dynamic-int8, ort-optimum-int4)"
 REFERENCE_TYPE = "q8_0"  # speed-ups are predicted against every matrix at q8_0
+# With tune_steps, the matrices whose block scales are trained: the types whose rounding costs most. q8_0 and f16
+# stay as they are (their error is mostly llama.cpp's rounding of the inputs, which no scale can undo).
+TUNED_TYPES = ("q5_1", "q5_0", "q4_1", "iq4_nl", "q4_0")
 _SENSITIVITY_CACHE: "OrderedDict[tuple, dict]" = OrderedDict()
 _SENSITIVITY_CACHE_SIZE = 2
 
@@ -70,7 +85,7 @@ class AutoQuantize(Pass):
     target_kl: float = Field(..., gt=0, description="budget: mean KL(base || result) per token on held-out "
                              "calibration windows")
     types: list[str] = Field(default_factory=lambda: ["q4_0", "q5_0", "q8_0", "f16"],
-                             description="candidate GGUF types: f16, q8_0, q5_1, q5_0, q4_1, q4_0")
+                             description="candidate GGUF types: f16, q8_0, q5_1, q5_0, q4_1, iq4_nl, q4_0")
     search_windows: int = Field(2, ge=1, description="calibration windows the sensitivities are measured on")
     check_windows: int = Field(4, ge=1, description="the calibration windows after those, for the measured KL")
     curve: list[float] = Field(default_factory=lambda: list(DEFAULT_CURVE),
@@ -82,6 +97,23 @@ class AutoQuantize(Pass):
     check: bool = Field(True, description="gguf_export's check in llama.cpp (tokenizer; top-1 agreement)")
     blocks_from: str | None = Field(None, description="a saved GPTQ output of this model: its blocks stand for "
                                     "their type (e.g. q4_0) instead of round-to-nearest")
+    tune_steps: int = Field(0, ge=0, description="train the searched mix's 4- and 5-bit block scales and the norms "
+                            "against the model for this many steps (tune_scales) before the check; 0: no training")
+    search_kl: float | None = Field(None, gt=0, description="with tune_steps: the budget the search aims at before "
+                                    "training, which brings the measured KL down (default: target_kl)")
+    tune_windows: int = Field(512, ge=1, description="with tune_steps: training windows of tune_seq_len tokens from "
+                              "the start of the calibration text; the search and check windows come after them")
+    tune_seq_len: int = Field(256, ge=2, description="with tune_steps: tokens per training window")
+    tune_lr: float = Field(1e-3, gt=0, description="with tune_steps: peak learning rate of the scale and norm gains")
+
+    @model_validator(mode="after")
+    def _search_kl_needs_training(self):
+        if self.search_kl is not None and not self.tune_steps:
+            raise ValueError("search_kl is the budget searched before training, so it needs tune_steps")
+        if self.search_kl is not None and self.search_kl < self.target_kl:
+            raise ValueError(f"search_kl {self.search_kl} is below target_kl {self.target_kl}; training only "
+                             "lowers the KL, so search at target_kl or above")
+        return self
 
     @field_validator("types", mode="before")
     @classmethod
@@ -129,26 +161,38 @@ class AutoQuantize(Pass):
             with simulated(matrices, assignment):
                 return reference.model_kl(model)
 
-        assignment, rounds = self._choose(options, measure, self.target_kl, "pytorch")
-        curve = self._curve(model, matrices, options, measure)
+        curve = self._curve(model, matrices, options, measure)  # of the untrained candidates, before any training
+        tuning = None
+        start = None
+        if self.tune_steps:
+            start = self._searched(options, self.search_kl or self.target_kl)
+            tuning = self._tune(artifact, ctx, matrices, start, measure)
+        assignment, rounds = self._choose(options, measure, self.target_kl, "pytorch", start=start)
         metrics = self._export(artifact, matrices, options, assignment, rounds, reference, measure)
         metrics.update(self._summary(model, matrices, options, sensitivity, search, check, curve))
         metrics["given_blocks"] = given
+        metrics["tuning"] = tuning
         return metrics
 
     def _windows(self, artifact, ctx: PassContext, given: dict | None) -> tuple[Windows, Windows]:
         """The search windows, then the check windows; past whatever text the given blocks were fitted on."""
         windows = ctx.calibration_windows(artifact.tokenizer)
         needed = self.search_windows + self.check_windows
-        skip, fitted = self._windows_read_by_blocks(windows, given)
+        skip_given, fitted = self._windows_read_by_blocks(windows, given)
+        trained = self.tune_windows * self.tune_seq_len if self.tune_steps else 0
+        stride = windows.provenance.get("stride") or windows.provenance.get("seq_len")
+        skip_trained = math.ceil(trained / stride)
+        read = max(fitted, trained)
+        skip = max(skip_given, skip_trained)
         if skip:
             more = ctx.calibration.model_copy(update={"samples": skip + needed}).windows(artifact.tokenizer)
             if len(more) < skip + needed:
-                raise UserError(f"the given blocks were fitted on the first {fitted} tokens of the calibration text, "
-                                f"which leaves {max(len(more) - skip, 0)} of its windows unseen where auto_quantize "
-                                f"needs {needed}; give another calibration text (--calib-text) or shorter windows")
+                by = "the given blocks were fitted on" if fitted >= trained else "tune_windows trains on"
+                raise UserError(f"{by} the first {read} tokens of the calibration text, which leaves "
+                                f"{max(len(more) - skip, 0)} of its windows unseen where auto_quantize needs {needed}; "
+                                "give a longer calibration text (--calib-text), fewer tune_windows or shorter windows")
             log.info(f"search and check windows start after the {skip} calibration windows the given blocks were "
-                     "fitted on")
+                     "fitted on or the tuning trains on")
             windows = more
         elif len(windows) < needed:
             raise UserError(f"auto_quantize needs search_windows + check_windows = {needed} calibration windows and the "
@@ -157,7 +201,8 @@ class AutoQuantize(Pass):
         search = window_subset(windows, skip, skip + self.search_windows, "search")
         check = window_subset(windows, skip + self.search_windows, skip + needed, "check")
         for part in (search, check):
-            part.provenance["windows_skipped_as_fitted_on_by_given_blocks"] = skip
+            part.provenance["windows_skipped_as_fitted_on_by_given_blocks"] = skip_given
+            part.provenance["windows_skipped_as_trained_on"] = skip_trained
         return search, check
 
     @staticmethod
@@ -189,17 +234,24 @@ class AutoQuantize(Pass):
 
         return {m.name: [Option(t, kl[m.name][t], matrix_cost(m, t)) for t in m.types] for m in matrices}
 
-    def _choose(self, options, measure, budget: float, measured_by: str, start: dict | None = None,
-                rounds: list | None = None) -> tuple[dict[str, str], list[dict]]:
-        """The search's assignment for `budget`, backed off until `measure` says it is within it."""
-        from ..autoquant.search import back_off, fastest_within, most_precise, predicted_kl
+    def _searched(self, options, budget: float) -> dict[str, str]:
+        """The search's assignment for `budget`; a one-line error when no assignment is predicted within it."""
+        from ..autoquant.search import fastest_within, most_precise, predicted_kl
 
-        assignment = start or fastest_within(options, budget)
+        assignment = fastest_within(options, budget)
         if assignment is None:
             best = most_precise(options)
             raise UserError(f"no assignment of the types {', '.join(self.types)} is predicted within KL {budget}: "
                             f"the most precise one is predicted at {predicted_kl(options, best):.3g}; raise the "
                             "budget or add more precise types")
+        return assignment
+
+    def _choose(self, options, measure, budget: float, measured_by: str, start: dict | None = None,
+                rounds: list | None = None) -> tuple[dict[str, str], list[dict]]:
+        """The search's assignment for `budget` (or `start`), backed off until `measure` says it is within it."""
+        from ..autoquant.search import back_off, predicted_kl
+
+        assignment = start or self._searched(options, budget)
         rounds = rounds if rounds is not None else []
         measured = measure(assignment)
         rounds.append({"measured_by": measured_by, "predicted_kl": predicted_kl(options, assignment),
@@ -234,6 +286,60 @@ class AutoQuantize(Pass):
                 point["measured_kl"] = measure(assignment)
             points.append(point)
         return points
+
+    def _tune(self, artifact, ctx: PassContext, matrices, assignment: dict[str, str], measure) -> dict[str, Any]:
+        """Train the block scales of the assignment's 4- and 5-bit matrices and the norms against the float model.
+
+        In place: the model's norms become the trained ones, and each trained matrix's blocks become the
+        candidate of its type (`Matrix.given`), so every later measurement and the file use them. The matrices'
+        float weights stay as they were (an upgrade in the back-off is made from them)."""
+        import copy
+
+        import numpy as np
+        import torch
+
+        from ..artifact import Artifact
+        from ..distill import training_windows
+        from ..quant_grids import Grid, dequantize_entry
+        from .tune_scales import TuneScales
+
+        model = artifact.model
+        # A tied embedding is also the head; tune_scales leaves a tied head frozen, so it stays as it is.
+        chosen = [m for m in matrices if assignment[m.name] in TUNED_TYPES and not m.lookup]
+        measured_untrained = measure(assignment)
+        if not chosen:
+            return {"matrices_tuned": 0, "measured_kl_before": measured_untrained,
+                    "why": "the searched assignment has no 4- or 5-bit matrix to train"}
+        teacher = Artifact(model=copy.deepcopy(model).eval(), tokenizer=artifact.tokenizer,
+                           source={"ref": "auto_quantize's input model (float)"})
+        floats = {m.name: m.param.data.clone() for m in chosen}
+        blocks = {}
+        for m in chosen:
+            kind = assignment[m.name]
+            if kind in m.given:
+                entry, values = m.given[kind]
+            else:
+                grid = Grid.named(kind)
+                values, codes, scales, offsets = grid.round_to_nearest(torch.from_numpy(m.rows()))
+                entry, values = grid.entry(grid.pack(codes, scales, offsets)), values.numpy()
+            m.param.data = m.as_param(values)
+            blocks[m.source] = entry
+        student = Artifact(model=model, tokenizer=artifact.tokenizer, source=artifact.source,
+                           quantized_blocks=blocks)
+        tuner = TuneScales(steps=self.tune_steps, seq_len=self.tune_seq_len, train_windows=self.tune_windows,
+                           lr=self.tune_lr, warmup_steps=min(10, self.tune_steps - 1))
+        windows = training_windows(artifact.tokenizer, ctx.calibration, self.tune_seq_len, self.tune_windows)
+        log.info(f"training the block scales of {len(chosen)} matrices and the norms: {self.tune_steps} steps on "
+                 f"{len(windows)} calibration windows")
+        record = tuner.tune(student, teacher, windows)
+        for m in chosen:
+            entry = student.quantized_blocks[m.source]
+            m.given[assignment[m.name]] = (entry, dequantize_entry(entry).astype(np.float32).reshape(m.shape))
+            m.param.data = floats[m.name]
+        del teacher
+        record.pop("teacher", None)
+        return {"matrices_tuned": len(chosen), "searched_kl": self.search_kl or self.target_kl,
+                "measured_kl_before": measured_untrained, "measured_kl_after": measure(assignment), **record}
 
     @staticmethod
     def _costs(model, matrices, assignment: dict[str, str]) -> dict[str, Any]:

@@ -146,6 +146,14 @@ class TuneScales(TrainConfig, TeacherTraining, Pass):
                             "none; put gptq_quantize before it in the recipe")
         if self.keep_sparsity:
             raise UserError("tune_scales keeps every code as it is, so zeros stay zeros; drop keep_sparsity")
+        teacher = self.load_teacher(artifact)
+        windows = training_windows(artifact.tokenizer, ctx.calibration, self.seq_len, self.train_windows)
+        return self.tune(artifact, teacher, windows)
+
+    def tune(self, artifact: Artifact, teacher: Artifact, windows) -> dict[str, Any]:
+        """Train `artifact`'s quantized blocks' scales (and its norms) against `teacher` on `windows`, in place.
+
+        Also what auto_quantize calls to tune a chosen mix (its teacher: the float model it started from)."""
         config = self.training_config()
         model = artifact.model
         matrices = {f"{t.name}.weight": t for t in weight_matrices(model, include_lm_head=True)}
@@ -171,8 +179,6 @@ class TuneScales(TrainConfig, TeacherTraining, Pass):
         for m, _ in dropouts:
             m.p = 0.0
         # (The pass works on a copy, so a failed run leaves nothing to restore.)
-        teacher = self.load_teacher(artifact)
-        windows = training_windows(artifact.tokenizer, ctx.calibration, self.seq_len, self.train_windows)
         result = distill_into(artifact, teacher, windows, config, checkpoint_dir=self.checkpoint_dir,
                               resume=self.resume, device=self.device, final_eval=False)
         artifact.model.to("cpu").eval()

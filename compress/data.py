@@ -228,13 +228,16 @@ def load_text(spec: TextSpec) -> Text:
     return Text(part, provenance)
 
 
+def overlaps(a: TextSpec, b: TextSpec) -> bool:
+    """Whether two specs can read some of the same text: one text, unless they are its two parts."""
+    if not a.identities() & b.identities():
+        return False
+    return {a.split, b.split} != {"calibration", "evaluation"} or a.eval_fraction != b.eval_fraction
+
+
 def check_disjoint(calibration: TextSpec, evaluation: TextSpec) -> None:
     """Calibration and evaluation text must never overlap."""
-    if not calibration.identities() & evaluation.identities():
-        return
-    if {calibration.split, evaluation.split} != {"calibration", "evaluation"} or (
-        calibration.eval_fraction != evaluation.eval_fraction
-    ):
+    if overlaps(calibration, evaluation):
         same = (calibration.source if calibration.source == evaluation.source
                 else f"{calibration.source} and {evaluation.source} (byte-identical copies)"
                 if calibration.identity() == evaluation.identity()

@@ -1,4 +1,4 @@
-"""embedding_distill's extra inputs: random word runs of the training text, and masked tokens."""
+"""embedding_distill's extra inputs: random word runs of the training text, other texts, and masked tokens."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import torch
 from encoder_fixtures import bert_tokenizer, tiny_bert, tiny_bert_dir  # noqa: F401
 
 from compress.passes.base import CalibrationData, PassContext, build_pass  # first: it registers the passes
-from compress.encoders.distill import mask_tokens  # noqa: E402  (isort: skip)
+from compress.encoders.distill import mask_tokens, training_sentences  # noqa: E402  (isort: skip)
 from compress.encoders.sentences import random_passages, random_vocabulary_passages, vocabulary_words  # noqa: E402
+from compress.data import TextSpec  # noqa: E402
 from compress.errors import UserError  # noqa: E402
+from compress.recipe import Recipe, run_recipe  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread_fresh_calibration")
 
@@ -90,3 +92,72 @@ def test_masking_without_a_mask_token_is_refused_in_one_line(tiny_bert, monkeypa
     with pytest.raises(UserError, match="mask token") as err:
         build_pass("embedding_distill", {"steps": 1, "batch_size": 2, "seq_len": 32, "mask_share": 0.1})(tiny_bert, ctx)
     assert "\n" not in str(err.value)
+
+
+HORSE = "Paragraph {i} tells how the horse crossed the river, and then the horse rested there for day number {i}."
+HERON = "Passage {i} shows a heron wading in reeds, so each heron waits quietly beside shallow water until night {i}."
+HERON_WORDS = {w.strip(",.").lower() for w in HERON.split() if "{" not in w}  # no word of HORSE but the number
+
+
+def _prose(path, template: str, paragraphs: int = 12):
+    path.write_text("\n\n".join(template.format(i=i) for i in range(paragraphs)))
+    return path
+
+
+def test_extra_text_adds_its_sentences_and_a_share_of_the_passages(bert_tokenizer, tmp_path):
+    calibration = CalibrationData(source=str(_prose(tmp_path / "cal.txt", HORSE)), split="calibration")
+    extra = TextSpec(source=str(_prose(tmp_path / "extra.txt", HERON)), split="all")
+    plain = training_sentences(bert_tokenizer, calibration, 32, passages=400, seed=2)
+    data = training_sentences(bert_tokenizer, calibration, 32, passages=400, seed=2, extra_text=[extra])
+    assert len(data) == len(plain) + 12  # the extra text's 12 sentences; as many passages as asked
+    assert data.provenance["passages"] == 400 and data.provenance["sentences"] == plain.provenance["sentences"]
+    [record] = data.provenance["extra_text"]
+    assert record["source"] == extra.source and record["split"] == "all" and record["sentences"] == 12
+
+    def words(row) -> set[str]:  # the tiny tokenizer has no decoder: join its word pieces here
+        return set(" ".join(bert_tokenizer.convert_ids_to_tokens(row)).replace(" ##", "").split())
+
+    def from_extra(batches, rows):
+        return sum(bool(HERON_WORDS & words(batches.input_ids[r])) for r in rows)
+
+    assert from_extra(plain, range(len(plain))) == 0
+    # passages come from both texts by their length: the extra text (all of its file) has 12 of the 17 paragraphs
+    assert 0.55 * 400 < from_extra(data, range(len(data) - 400, len(data))) < 0.85 * 400
+
+
+def test_distillation_records_its_extra_text_in_the_manifest(tiny_bert, tmp_path):
+    ctx = PassContext(CalibrationData(source=str(_prose(tmp_path / "cal.txt", HORSE)), samples=2, seq_len=64))
+    extra = {"source": str(_prose(tmp_path / "extra.txt", HERON)), "split": "all"}
+    trained = build_pass("embedding_distill", {"steps": 2, "batch_size": 4, "seq_len": 32, "warmup_steps": 0,
+                                                "passages": 10, "extra_text": [extra]})(tiny_bert, ctx)
+    record = trained.passes[-1]
+    assert record["config"]["extra_text"][0]["source"] == extra["source"]
+    assert record["metrics"]["train_data"]["extra_text"][0]["sentences"] == 12
+
+
+def test_extra_text_without_a_split_is_refused_in_one_line():
+    with pytest.raises(UserError, match="split") as err:
+        build_pass("embedding_distill", {"extra_text": [{"source": "wikipedia-leads"}]})
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("extra, evaluation", [
+    ({"source": "wikipedia-leads", "split": "evaluation"}, {"source": "mixed", "split": "evaluation"}),
+    ({"source": "builtin", "split": "all"}, {"source": "builtin", "split": "evaluation"}),
+])
+def test_extra_text_that_overlaps_the_evaluation_text_is_refused_before_any_work(tiny_bert_dir, extra, evaluation,
+                                                                                  monkeypatch):
+    import compress.recipe
+
+    monkeypatch.setattr(compress.recipe, "load_artifact", lambda *a, **k: pytest.fail("the model was loaded"))
+    recipe = Recipe.from_dict({"evaluation": evaluation,
+                               "passes": [{"embedding_distill": {"steps": 1, "extra_text": [extra]}}]})
+    with pytest.raises(UserError, match="extra_text .* overlaps the evaluation text") as err:
+        run_recipe(recipe, model=str(tiny_bert_dir))
+    assert "\n" not in str(err.value)
+
+
+def test_extra_text_the_other_part_of_the_evaluation_text_is_allowed():
+    distill = build_pass("embedding_distill", {"extra_text": [{"source": "wikipedia-leads", "split": "evaluation"}]})
+    distill.check_evaluation(TextSpec(source="wikipedia-leads", split="calibration"))
+    distill.check_evaluation(TextSpec(source="builtin", split="evaluation"))

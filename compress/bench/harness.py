@@ -366,6 +366,8 @@ def plan(suite: Suite) -> list[Variant]:
                     v.source["calibration"] = {**calibration.text_only().model_dump(mode="json"),
                                                "samples": calibration.samples, "seq_len": calibration.seq_len,
                                                "relation_to_evaluation": domain_relation(calibration, suite.evaluation)}
+                for p in recipe.passes:
+                    p.check_evaluation(suite.evaluation)
                 v.source["passes"] = [{p.name: p.config()} for p in recipe.passes]
                 v.path = None  # set once built
                 if not Path(path).exists():

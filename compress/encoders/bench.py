@@ -238,6 +238,8 @@ def plan(suite: EncoderSuite) -> list[Variant]:
                           else Recipe.from_dict({"passes": spec.passes, "evaluation": None}, where=f"variant {spec.name}"))
                 if any(p.needs_calibration for p in recipe.passes):
                     check_disjoint(recipe.calibration if spec.recipe else suite.calibration, suite.evaluation)
+                for p in recipe.passes:
+                    p.check_evaluation(suite.evaluation)
                 v.source.update(recipe=spec.describe(), passes=[{p.name: p.config()} for p in recipe.passes])
                 v.build = {"input": path}
             else:

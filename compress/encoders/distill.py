@@ -20,7 +20,9 @@ few thousand sentences learns their domain rather than the teacher:
 ``passages`` adds that many random runs of 4 to 64 consecutive words
 (crossing sentence boundaries, code and lists included), ``vocabulary_passages``
 adds runs of words drawn at random from the tokenizer's vocabulary (nonsense,
-but it reaches the words the training text lacks), and ``mask_share``
+but it reaches the words the training text lacks), ``extra_text`` adds
+other texts (their sentences, and a share of the passages by their length;
+refused where one overlaps the recipe's evaluation text), and ``mask_share``
 replaces that share of each batch's words with the mask token, freshly drawn
 every step, for teacher and student alike (the teacher's output on the
 corrupted input is still the target). The loop is the
@@ -31,13 +33,15 @@ replaced.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..data import TextSpec, overlaps
 from ..distill.loss import HiddenLoss, hidden_alignment
 from ..distill.train import OptimizationConfig, Trainer
 from ..errors import UserError
@@ -109,15 +113,25 @@ class SentenceBatches:
 
 
 def training_sentences(tokenizer, calibration, seq_len: int, count: int | None = None, passages: int = 0,
-                       seed: int = 0, vocabulary_passages: int = 0) -> SentenceBatches:
+                       seed: int = 0, vocabulary_passages: int = 0,
+                       extra_text: Sequence[TextSpec] = ()) -> SentenceBatches:
+    """The calibration text's sentences (`count` at most), those of each extra text (as many), then the passages.
+
+    Passages are drawn from all the texts together, so each gives a share by its length.
+    """
     sentences = load_sentences(SentenceSpec.from_text(calibration, sentences=count))
-    texts = list(sentences.texts)
+    extra = [load_sentences(SentenceSpec.from_text(t, sentences=count)) for t in extra_text]
+    texts = list(sentences.texts) + [s for e in extra for s in e.texts]
     provenance = {**sentences.provenance, "seq_len": seq_len}
+    if extra:
+        provenance["extra_text"] = [e.provenance for e in extra]
     if passages:
         from ..data import load_text
 
-        texts += random_passages(load_text(calibration).text, passages, seed=seed)
-        provenance["passages"] = len(texts) - len(sentences.texts)
+        source = "\n\n".join(load_text(t).text for t in [calibration, *extra_text])
+        drawn = random_passages(source, passages, seed=seed)
+        texts += drawn
+        provenance["passages"] = len(drawn)
     if vocabulary_passages:
         words = vocabulary_words(tokenizer)
         texts += random_vocabulary_passages(words, vocabulary_passages, seed=seed)
@@ -196,7 +210,25 @@ class EmbeddingDistill(EmbeddingTrainConfig, TeacherTraining, Pass):
     name = "embedding_distill"
     needs_calibration = True
 
-    train_sentences: int | None = Field(None, ge=2, description="training sentences (None: all of the text's part)")
+    train_sentences: int | None = Field(None, ge=2, description="training sentences per text (None: all of its part)")
+    extra_text: list[TextSpec] = Field(default_factory=list, description="texts to train on besides the calibration "
+                                       "text, each with its split; never one the recipe evaluates on")
+
+    @field_validator("extra_text")
+    @classmethod
+    def _split_given(cls, v: list[TextSpec]) -> list[TextSpec]:
+        for t in v:
+            if "split" not in t.model_fields_set:
+                raise ValueError(f"give {t.source}'s split (calibration, evaluation or all): a text to train on "
+                                 "has no default part")
+        return v
+
+    def check_evaluation(self, evaluation: TextSpec) -> None:
+        for t in self.extra_text:
+            if overlaps(t, evaluation):
+                raise UserError(f"embedding_distill: extra_text {t.source} ({t.split} part) overlaps the evaluation "
+                                f"text {evaluation.source} ({evaluation.split} part); train on another text or its "
+                                "other part")
 
     def training_config(self) -> EmbeddingTrainConfig:
         return EmbeddingTrainConfig(**{k: getattr(self, k) for k in EmbeddingTrainConfig.model_fields})
@@ -222,7 +254,7 @@ class EmbeddingDistill(EmbeddingTrainConfig, TeacherTraining, Pass):
                             f"use seq_len {length} or less")
         data = training_sentences(artifact.tokenizer, ctx.calibration, config.seq_len, self.train_sentences,
                                   passages=config.passages, seed=config.seed,
-                                  vocabulary_passages=config.vocabulary_passages)
+                                  vocabulary_passages=config.vocabulary_passages, extra_text=self.extra_text)
         layer_map = student_layer_map(artifact, teacher) if config.hidden_weight > 0 else None
         trainer = EmbeddingTrainer(artifact.model, teacher.model, data, config, artifact.pooling,
                                    checkpoint_dir=self.checkpoint_dir if config.checkpoint_every or self.resume else None,

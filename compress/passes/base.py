@@ -100,6 +100,9 @@ class Pass(BaseModel):
         result.record_pass(self.name, self.config(), metrics, seconds)
         return result
 
+    def check_evaluation(self, evaluation: TextSpec) -> None:
+        """Refuse, before any work, text of the pass's own that overlaps `evaluation` (most passes read none)."""
+
     def config(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 

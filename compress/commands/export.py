@@ -87,7 +87,7 @@ def _parse_overrides(values: tuple[str, ...]) -> dict[str, str]:
 @command.command("gguf")
 @click.argument("model")
 @click.option("--type", "type_name", default="q8_0", show_default=True,
-              help="Weight type of every matrix: f32, f16, q8_0, q4_0, q4_1, q5_0 or q5_1.")
+              help="Weight type of every matrix: f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1 or iq4_nl.")
 @click.option("--override", "overrides", multiple=True, metavar="PATTERN=TYPE",
               help="Another type for the matrices whose GGUF or model name matches the glob; repeatable, a later one wins "
                    "(e.g. 'token_embd.weight=q8_0', 'blk.*.ffn_down.weight=f16').")

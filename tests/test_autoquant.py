@@ -341,6 +341,12 @@ def test_too_few_calibration_windows_and_an_impossible_budget_are_one_line(tiny_
         build_pass("auto_quantize", {"target_kl": 1e-12, "types": ["q8_0"], "check": False})(tiny_llama, ctx())
 
 
+def test_training_text_that_leaves_no_check_windows_is_refused_in_one_line(tiny_llama):
+    with pytest.raises(UserError, match="tune_windows trains on the first .* tokens of the calibration text") as exc:
+        build_pass("auto_quantize", {"target_kl": 0.02, **TUNE, "tune_windows": 10 ** 6})(tiny_llama, ctx())
+    assert "\n" not in str(exc.value)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--target-kl", "0"], "greater than 0"),
     (["--target-kl", "-1"], "greater than 0"),

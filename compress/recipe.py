@@ -161,8 +161,9 @@ def run_recipe(
         check_output(output, force, source.path if source else base.source_path, recipe.output_file_suffix)
     if recipe.evaluation is not None and any(p.needs_calibration for p in recipe.passes):
         check_disjoint(recipe.calibration, recipe.evaluation)
-    for p in recipe.passes if recipe.evaluation is not None else []:
-        p.check_evaluation(recipe.evaluation)  # text a pass reads beyond the calibration text (extra_text)
+    if recipe.evaluation is not None:
+        for p in recipe.passes:
+            p.check_evaluation(recipe.evaluation)  # text a pass reads beyond the calibration text (extra_text)
     config = load_config(source, trust_remote_code=trust_remote_code) if source else base.model.config
     lengths = window_lengths(recipe)
     if is_encoder_config(config):  # evaluated on sentences, each cut at the model's own limit, not on windows

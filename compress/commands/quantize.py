@@ -260,7 +260,7 @@ def _json_config(directory: Path) -> dict:
 @click.option("--tune-steps", type=click.IntRange(min=0), default=0, show_default=True,
               help="gptq: then train the block scales and norms (codes fixed) for N steps against MODEL on the "
                    "calibration text (tune_scales; 150 is about 15-30 minutes for the built-in model on 2 cores). "
-                   "--target-kl: train the searched mix's 4- and 5-bit matrices so before the check.")
+                   "With --target-kl: train the searched mix's 4- and 5-bit matrices this way before the check.")
 @guard_options
 @trust_remote_code_option
 @data_options

@@ -167,7 +167,8 @@ class AutoQuantize(Pass):
         if self.tune_steps:
             start = self._searched(options, self.search_kl or self.target_kl)
             tuning = self._tune(artifact, ctx, matrices, start, measure)
-        assignment, rounds = self._choose(options, measure, self.target_kl, "pytorch", start=start)
+        assignment, rounds = self._choose(options, measure, self.target_kl, "pytorch", start=start,
+                                          start_measured=tuning["measured_kl_after"] if tuning else None)
         metrics = self._export(artifact, matrices, options, assignment, rounds, reference, measure)
         metrics.update(self._summary(model, matrices, options, sensitivity, search, check, curve))
         metrics["given_blocks"] = given
@@ -247,13 +248,14 @@ class AutoQuantize(Pass):
         return assignment
 
     def _choose(self, options, measure, budget: float, measured_by: str, start: dict | None = None,
-                rounds: list | None = None) -> tuple[dict[str, str], list[dict]]:
-        """The search's assignment for `budget` (or `start`), backed off until `measure` says it is within it."""
+                rounds: list | None = None, start_measured: float | None = None) -> tuple[dict[str, str], list[dict]]:
+        """The search's assignment for `budget` (or `start`, whose measurement may be given), backed off until
+        `measure` says it is within it."""
         from ..autoquant.search import back_off, predicted_kl
 
         assignment = start or self._searched(options, budget)
         rounds = rounds if rounds is not None else []
-        measured = measure(assignment)
+        measured = start_measured if start is not None and start_measured is not None else measure(assignment)
         rounds.append({"measured_by": measured_by, "predicted_kl": predicted_kl(options, assignment),
                        "measured_kl": measured, "upgrades": []})
         while measured > budget:
@@ -296,11 +298,11 @@ class AutoQuantize(Pass):
         import copy
 
         import numpy as np
-        import torch
 
         from ..artifact import Artifact
         from ..distill import training_windows
-        from ..quant_grids import Grid, dequantize_entry
+        from ..gguf_file.types import encode
+        from ..quant_grids import dequantize_entry
         from .tune_scales import TuneScales
 
         model = artifact.model
@@ -316,13 +318,9 @@ class AutoQuantize(Pass):
         blocks = {}
         for m in chosen:
             kind = assignment[m.name]
-            if kind in m.given:
-                entry, values = m.given[kind]
-            else:
-                grid = Grid.named(kind)
-                values, codes, scales, offsets = grid.round_to_nearest(torch.from_numpy(m.rows()))
-                entry, values = grid.entry(grid.pack(codes, scales, offsets)), values.numpy()
-            m.param.data = m.as_param(values)
+            # The untrained candidate the search measured: the given blocks, else the writer's own rounding.
+            entry = m.given[kind][0] if kind in m.given else (kind, encode(m.rows(), kind))
+            m.param.data = m.as_param(dequantize_entry(entry).astype(np.float32).reshape(m.shape))
             blocks[m.source] = entry
         student = Artifact(model=model, tokenizer=artifact.tokenizer, source=artifact.source,
                            quantized_blocks=blocks)
